@@ -1,0 +1,663 @@
+//! The event loop: one thread, one `mio::Poll`, a slab of sessions.
+//!
+//! It knows nothing of the wire format. It accepts connections, asks the [`Service`] for a
+//! session for each, and whenever a socket may have work it asks the service to drive that
+//! session, which answers blocked (the socket said WouldBlock), yield (out of budget for
+//! this turn) or done. It also runs the sessions' deadlines, the signals, the Ctrl+C prompt
+//! and the shutdown drain.
+//!
+//! Rules it keeps:
+//! - Readiness is edge-triggered: after an event the session is driven until WouldBlock, or
+//!   it would never hear of that socket again. A session that stopped for budget goes back
+//!   on the run queue and is driven again before the next blocking poll, after every other
+//!   queued session had its turn, so one fast client never starves the rest.
+//! - Events only schedule work; sessions are driven and freed after the whole batch has been
+//!   read. A stale or spurious event at worst drives a session that finds nothing to do.
+//! - Tokens: a session's token is its slab key. The listener, signals and stdin use a
+//!   reserved range at the top of the token space, which the slab never reaches.
+//! - Per-session failures are the service's business and end only that session; only a
+//!   failure of poll itself or of the listener ends the loop.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+const STDIN: Token = Token(usize::MAX - 3);
+const CONTROL: Token = Token(usize::MAX - 4);
+/// Keys at or above this are reserved for the tokens above.
+const RESERVED: usize = usize::MAX - 16;
+
+/// Connections accepted per turn before the loop serves what it already has, so a flood of
+/// connects cannot stall running transfers.
+const ACCEPT_BATCH: usize = 256;
+/// After running out of descriptors, retry accepting this soon even if no client is freed
+/// (edge-triggered readiness will not tell us again that the backlog is not empty).
+const ACCEPT_RETRY: Duration = Duration::from_millis(200);
+/// Sessions' deadlines and the service's tick are looked at least this often while any
+/// session exists. With no sessions the loop sleeps until something happens.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// What a session did with its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The socket said WouldBlock: wait for its next readiness event.
+    Blocked,
+    /// Out of budget for this turn; more to do at once.
+    Yield,
+    /// Finished (well or not): close it.
+    Done,
+}
+
+/// A session's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    At(Instant),
+    /// Passed: close the session (the service has recorded why).
+    Expired,
+}
+
+/// What the reactor drives: the per-connection logic of one service.
+pub trait Service {
+    type Session;
+    /// A connection from `peer` was accepted.
+    fn open(&mut self, peer: SocketAddr, now: Instant) -> Self::Session;
+    /// Make progress on the session's socket, moving at most about `budget` bytes.
+    fn drive(&mut self, s: &mut Self::Session, stream: &mut TcpStream, budget: usize, now: Instant) -> Step;
+    /// The session's next deadline, or that it has passed.
+    fn timer(&mut self, s: &mut Self::Session, now: Instant) -> Timer;
+    /// Periodic service-wide work while sessions exist; returns when it wants to run next.
+    fn tick(&mut self, now: Instant, sessions: usize) -> Option<Instant>;
+    /// The session is being closed (finished, expired, or the server is exiting).
+    fn close(&mut self, s: Self::Session, now: Instant);
+    /// SIGHUP.
+    fn reload(&mut self);
+    /// Transfers in flight, for the Ctrl+C and drain messages.
+    fn in_flight(&self) -> usize;
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to exit and drained (or the drain deadline passed).
+    Drained,
+    /// A second interrupt: exit at once.
+    Interrupted,
+}
+
+/// A command from the controlling reactor to the others when several run (`--threads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    Drain,
+    Exit,
+    Reload,
+}
+
+/// Settings of one reactor.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Connections held at once (served or being refused); beyond it, new connections are
+    /// closed at once. Kept below the descriptor limit.
+    pub max_sessions: usize,
+    /// Bytes a session may move per turn (nginx's sendfile_max_chunk).
+    pub budget: usize,
+    pub drain_timeout: Duration,
+    /// Whether this reactor owns the signals (and the prompt, when stdin is a terminal).
+    pub signals: bool,
+    /// Whether Ctrl+C asks on the terminal (stdin is a terminal) instead of draining.
+    pub interactive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Accepting,
+    /// Ctrl+C: accepting paused while the question is open.
+    Asking,
+    /// Paused by the controlling reactor (it is asking).
+    Paused,
+    Draining {
+        deadline: Instant,
+    },
+}
+
+struct Slot<S> {
+    stream: TcpStream,
+    session: S,
+    /// On the run queue already.
+    queued: bool,
+}
+
+/// Receives commands from another thread's reactor.
+pub struct Remote {
+    rx: std::sync::mpsc::Receiver<Command>,
+    _waker: std::sync::Arc<mio::Waker>,
+}
+
+/// Sends commands to a reactor on another thread.
+#[derive(Clone)]
+pub struct Controller {
+    tx: std::sync::mpsc::Sender<Command>,
+    waker: std::sync::Arc<mio::Waker>,
+}
+
+impl Controller {
+    pub fn send(&self, c: Command) {
+        if self.tx.send(c).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+pub struct Reactor<S: Service> {
+    poll: Poll,
+    events: Events,
+    listener: Option<TcpListener>,
+    slab: Slab<Slot<S::Session>>,
+    run_queue: VecDeque<usize>,
+    service: S,
+    cfg: Config,
+    state: State,
+    signals: Option<Signals>,
+    remote: Option<Remote>,
+    followers: Vec<Controller>,
+    stdin_registered: bool,
+    /// The listener has (or may have) connections waiting.
+    accept_pending: bool,
+    /// Out of descriptors: do not accept before this.
+    accept_retry_at: Option<Instant>,
+    next_sweep: Option<Instant>,
+    next_tick: Option<Instant>,
+}
+
+impl<S: Service> Reactor<S> {
+    pub fn new(listener: TcpListener, service: S, cfg: Config) -> io::Result<Reactor<S>> {
+        let poll = Poll::new()?;
+        let mut listener = listener;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let signals = if cfg.signals {
+            let mut s = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+            poll.registry().register(&mut s, SIGNALS, Interest::READABLE)?;
+            Some(s)
+        } else {
+            None
+        };
+        Ok(Reactor {
+            poll,
+            events: Events::with_capacity(1024),
+            listener: Some(listener),
+            slab: Slab::new(),
+            run_queue: VecDeque::new(),
+            service,
+            cfg,
+            state: State::Accepting,
+            signals,
+            remote: None,
+            followers: Vec::new(),
+            stdin_registered: false,
+            accept_pending: true,
+            accept_retry_at: None,
+            next_sweep: None,
+            next_tick: None,
+        })
+    }
+
+    /// Makes this reactor controllable from another thread; returns the handle to do it.
+    pub fn controller(&mut self) -> io::Result<Controller> {
+        let waker = std::sync::Arc::new(mio::Waker::new(self.poll.registry(), CONTROL)?);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.remote = Some(Remote { rx, _waker: waker.clone() });
+        Ok(Controller { tx, waker })
+    }
+
+    /// Reactors on other threads that should follow this one's signals and prompt.
+    pub fn set_followers(&mut self, followers: Vec<Controller>) {
+        self.followers = followers;
+    }
+
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// Runs until asked to exit.
+    pub fn run(&mut self) -> io::Result<Exit> {
+        loop {
+            let now = Instant::now();
+            let timeout = if !self.run_queue.is_empty() || (self.accept_pending && self.may_accept(now)) {
+                Some(Duration::ZERO)
+            } else {
+                self.next_wakeup().map(|t| t.saturating_duration_since(now))
+            };
+            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+                // A signal arriving during epoll_wait is not an error; its handler already
+                // wrote to the self-pipe, which the next poll reports.
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            let (mut signal, mut stdin, mut control) = (false, false, false);
+            for event in self.events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_pending = true,
+                    SIGNALS => signal = true,
+                    STDIN => stdin = true,
+                    CONTROL => control = true,
+                    Token(key) => {
+                        // A key with no slot is a stale event for a freed session: ignore it.
+                        if let Some(slot) = self.slab.get_mut(key)
+                            && !slot.queued
+                        {
+                            slot.queued = true;
+                            self.run_queue.push_back(key);
+                        }
+                    }
+                }
+            }
+            if signal && let Some(exit) = self.on_signals(now) {
+                return Ok(exit);
+            }
+            if control && let Some(exit) = self.on_commands(now) {
+                return Ok(exit);
+            }
+            if stdin {
+                self.on_stdin(now);
+            }
+            if self.accept_pending && self.may_accept(now) {
+                self.accept(now)?;
+            }
+            self.run_sessions(now);
+            if self.next_sweep.is_some_and(|t| now >= t) || self.next_tick.is_some_and(|t| now >= t) {
+                self.sweep(now);
+            }
+            if let State::Draining { deadline } = self.state {
+                if self.slab.is_empty() {
+                    return Ok(Exit::Drained);
+                }
+                if now >= deadline {
+                    eprintln!("drain deadline passed: closing {} unfinished transfer(s)", self.slab.len());
+                    self.close_all(now);
+                    return Ok(Exit::Drained);
+                }
+            }
+        }
+    }
+
+    fn may_accept(&self, now: Instant) -> bool {
+        self.state == State::Accepting && self.listener.is_some() && self.accept_retry_at.is_none_or(|t| now >= t)
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let drain = match self.state {
+            State::Draining { deadline } => Some(deadline),
+            _ => None,
+        };
+        let retry = if self.accept_pending && self.state == State::Accepting { self.accept_retry_at } else { None };
+        [self.next_sweep, self.next_tick, drain, retry].into_iter().flatten().min()
+    }
+
+    /// Accepts until WouldBlock (edge-triggered), or until this turn's batch is used up.
+    fn accept(&mut self, now: Instant) -> io::Result<()> {
+        self.accept_retry_at = None;
+        for _ in 0..ACCEPT_BATCH {
+            let Some(listener) = &self.listener else { return Ok(()) };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => {
+                        self.accept_pending = false;
+                        return Ok(());
+                    }
+                    io::ErrorKind::Interrupted => {}
+                    _ => match e.raw_os_error() {
+                        // Out of descriptors or kernel memory. Spinning on accept would only
+                        // fail again; serve the clients we have, and try again when one is
+                        // freed or after a short pause.
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                            if self.accept_retry_at.is_none() {
+                                eprintln!("xfer: accept: {e}; pausing new connections");
+                            }
+                            self.accept_retry_at = Some(now + ACCEPT_RETRY);
+                            return Ok(());
+                        }
+                        // Errors of one pending connection (aborted before we got to it, or
+                        // network errors accept(2) passes on): skip it.
+                        Some(
+                            libc::ECONNABORTED
+                            | libc::EPROTO
+                            | libc::EPERM
+                            | libc::ENETDOWN
+                            | libc::ENOPROTOOPT
+                            | libc::EHOSTDOWN
+                            | libc::ENONET
+                            | libc::EHOSTUNREACH
+                            | libc::EOPNOTSUPP
+                            | libc::ENETUNREACH
+                            | libc::ETIMEDOUT,
+                        ) => eprintln!("xfer: accept: {e}; skipped"),
+                        _ => return Err(e),
+                    },
+                },
+            }
+        }
+        // Batch used up: more may be waiting; the loop comes back after serving a turn.
+        self.accept_pending = true;
+        Ok(())
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        if self.slab.len() >= self.cfg.max_sessions.min(RESERVED) {
+            // Over the hard cap even for refusals: closing at once is the cheapest answer.
+            return;
+        }
+        // Order matters: take the key, register with it, and only then insert, so a failed
+        // registration leaves nothing behind.
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+        {
+            eprintln!("xfer: register {peer}: {e}; dropped");
+            return;
+        }
+        let session = self.service.open(peer, now);
+        entry.insert(Slot { stream, session, queued: true });
+        // Under load the request is usually there already: try it in this same turn
+        // instead of waiting for the readiness event.
+        self.run_queue.push_back(key);
+    }
+
+    /// Gives every queued session one turn.
+    fn run_sessions(&mut self, now: Instant) {
+        for _ in 0..self.run_queue.len() {
+            let Some(key) = self.run_queue.pop_front() else { break };
+            let Some(slot) = self.slab.get_mut(key) else { continue };
+            if !slot.queued {
+                continue;
+            }
+            slot.queued = false;
+            match self.service.drive(&mut slot.session, &mut slot.stream, self.cfg.budget, now) {
+                Step::Blocked => {}
+                Step::Yield => {
+                    slot.queued = true;
+                    self.run_queue.push_back(key);
+                }
+                Step::Done => {
+                    self.close(key, now);
+                    continue;
+                }
+            }
+            // A phase change can bring a deadline closer (e.g. the short linger after the
+            // last byte); make sure the sweep comes in time for it.
+            if let Timer::At(t) = self.service.timer(&mut slot.session, now) {
+                self.next_sweep = Some(self.next_sweep.map_or(t, |n| n.min(t)));
+            } else {
+                self.next_sweep = Some(now);
+            }
+        }
+    }
+
+    /// Closes expired sessions and works out when the next deadline is due.
+    fn sweep(&mut self, now: Instant) {
+        self.next_tick = self.service.tick(now, self.slab.len());
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (key, slot) in self.slab.iter_mut() {
+            match self.service.timer(&mut slot.session, now) {
+                Timer::Expired => expired.push(key),
+                Timer::At(t) => next = Some(next.map_or(t, |n| n.min(t))),
+            }
+        }
+        for key in expired {
+            self.close(key, now);
+        }
+        self.next_sweep =
+            if self.slab.is_empty() { None } else { Some(next.unwrap_or(now + SWEEP_EVERY).min(now + SWEEP_EVERY)) };
+    }
+
+    fn close(&mut self, key: usize, now: Instant) {
+        // Dropping the stream closes the descriptor, which also removes it from epoll.
+        let slot = self.slab.remove(key);
+        self.service.close(slot.session, now);
+        if self.accept_retry_at.is_some() {
+            // A descriptor was just freed: accepting may work again.
+            self.accept_retry_at = None;
+            self.accept_pending = true;
+        }
+    }
+
+    fn close_all(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key, now);
+        }
+    }
+
+    fn broadcast(&self, c: Command) {
+        for f in &self.followers {
+            f.send(c);
+        }
+    }
+
+    fn on_signals(&mut self, now: Instant) -> Option<Exit> {
+        let pending: Vec<i32> = match &mut self.signals {
+            Some(s) => s.pending().collect(),
+            None => return None,
+        };
+        for sig in pending {
+            match (sig, self.state) {
+                (SIGHUP, _) => {
+                    self.service.reload();
+                    self.broadcast(Command::Reload);
+                }
+                (SIGINT, State::Accepting) if self.cfg.interactive => self.ask(),
+                (SIGINT, State::Asking) => {
+                    eprintln!("\ninterrupted again: exiting now");
+                    self.broadcast(Command::Exit);
+                    return Some(Exit::Interrupted);
+                }
+                (_, State::Draining { .. }) => {
+                    eprintln!("interrupted again: exiting now");
+                    self.broadcast(Command::Exit);
+                    return Some(Exit::Interrupted);
+                }
+                (_, _) => {
+                    let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                    self.drain(now, name);
+                }
+            }
+        }
+        None
+    }
+
+    fn on_commands(&mut self, now: Instant) -> Option<Exit> {
+        let cmds: Vec<Command> = match &self.remote {
+            Some(r) => r.rx.try_iter().collect(),
+            None => return None,
+        };
+        for c in cmds {
+            match c {
+                Command::Pause if self.state == State::Accepting => self.state = State::Paused,
+                Command::Resume if self.state == State::Paused => {
+                    self.state = State::Accepting;
+                    self.accept_pending = true;
+                }
+                Command::Drain => self.start_drain(now),
+                Command::Exit => return Some(Exit::Interrupted),
+                Command::Reload => self.service.reload(),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Ctrl+C on a terminal: pause accepting and ask, without blocking the loop. The answer
+    /// arrives as a readiness event on stdin.
+    fn ask(&mut self) {
+        self.state = State::Asking;
+        self.broadcast(Command::Pause);
+        let n = self.in_flight_total();
+        eprintln!("\n^C: {n} transfer{} in flight; accepting paused", if n == 1 { "" } else { "s" });
+        // Discard anything typed before the question, so it cannot answer it.
+        // SAFETY: tcflush on fd 0 has no memory-safety preconditions.
+        unsafe {
+            libc::tcflush(0, libc::TCIFLUSH);
+        }
+        self.prompt();
+        let registry = self.poll.registry();
+        let res = if self.stdin_registered {
+            registry.reregister(&mut SourceFd(&0), STDIN, Interest::READABLE)
+        } else {
+            registry.register(&mut SourceFd(&0), STDIN, Interest::READABLE)
+        };
+        match res {
+            Ok(()) => self.stdin_registered = true,
+            Err(e) => {
+                // Cannot wait for an answer: behave as without a terminal.
+                eprintln!("xfer: cannot read the answer ({e}); exiting after in-flight transfers");
+                self.drain(Instant::now(), "SIGINT");
+            }
+        }
+    }
+
+    fn prompt(&self) {
+        use std::io::Write;
+        let mut err = io::stderr();
+        let _ = err.write_all(b"continue listening or exit? [c/e] ");
+        let _ = err.flush();
+    }
+
+    fn on_stdin(&mut self, now: Instant) {
+        if self.state != State::Asking {
+            return;
+        }
+        let mut buf = [0u8; 256];
+        // Readiness was reported, so this read returns at once (a terminal in canonical mode
+        // reports readable when a whole line is there).
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+                self.rearm_stdin();
+                return;
+            }
+            eprintln!("\nxfer: reading the answer: {e}; exiting after in-flight transfers");
+            self.drain(now, "SIGINT");
+            return;
+        }
+        if n == 0 {
+            eprintln!();
+            self.drain(now, "end of input");
+            return;
+        }
+        let text = String::from_utf8_lossy(&buf[..n as usize]).to_ascii_lowercase();
+        for line in text.lines() {
+            match line.trim() {
+                "c" | "continue" | "y" | "yes" => {
+                    eprintln!("resuming: accepting again");
+                    self.state = State::Accepting;
+                    self.accept_pending = true;
+                    self.broadcast(Command::Resume);
+                    return;
+                }
+                "e" | "exit" | "q" | "quit" => {
+                    self.drain(now, "your answer");
+                    return;
+                }
+                _ => {}
+            }
+        }
+        eprint!("please answer c (continue listening) or e (exit). ");
+        self.prompt();
+        self.rearm_stdin();
+    }
+
+    /// Re-arms the edge-triggered stdin registration, so a line already waiting is reported.
+    fn rearm_stdin(&mut self) {
+        if let Err(e) = self.poll.registry().reregister(&mut SourceFd(&0), STDIN, Interest::READABLE) {
+            eprintln!("xfer: cannot read the answer ({e}); exiting after in-flight transfers");
+            self.drain(Instant::now(), "SIGINT");
+        }
+    }
+
+    fn in_flight_total(&self) -> usize {
+        // Followers' counts are not visible from here; this reactor's own is what we have.
+        self.service.in_flight()
+    }
+
+    /// Stops accepting for good and lets in-flight transfers finish within the deadline.
+    fn drain(&mut self, now: Instant, why: &str) {
+        let n = self.in_flight_total();
+        eprintln!(
+            "{why}: no longer accepting; exiting after {n} transfer{} finish (up to {} s)",
+            if n == 1 { "" } else { "s" },
+            self.cfg.drain_timeout.as_secs()
+        );
+        self.broadcast(Command::Drain);
+        self.start_drain(now);
+    }
+
+    fn start_drain(&mut self, now: Instant) {
+        if matches!(self.state, State::Draining { .. }) {
+            return;
+        }
+        if self.stdin_registered {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&0));
+            self.stdin_registered = false;
+        }
+        // Closing the listener makes new connects fail at once instead of waiting in a
+        // backlog nobody will accept from.
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.state = State::Draining { deadline: now + self.cfg.drain_timeout };
+    }
+}
+
+/// A non-blocking listener on `addr`. IPv6 unspecified is made dual-stack explicitly
+/// (the system default may say otherwise); `reuse_port` lets several loops share a port.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    // A restarted server must not wait for old connections' TIME_WAIT to bind again.
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Raises the soft open-file limit to the hard limit, as servers that hold many
+/// connections do; returns the limit now in force.
+pub fn raise_nofile_limit() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: lim is a valid rlimit for the call to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    let want = lim.rlim_max.min(1 << 20);
+    if want > lim.rlim_cur {
+        let new = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max };
+        // SAFETY: new is a valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            lim.rlim_cur = want;
+        }
+    }
+    lim.rlim_cur as usize
+}
