@@ -438,7 +438,9 @@ impl Server {
         }
     }
 
-    fn step<C: Conn>(&mut self, s: &mut Session, conn: &mut C, budget: usize, now: Instant) -> Step {
+    /// Drives a session over any [`Conn`]: what the reactor does with a socket, open to
+    /// unit tests and benches with a scripted peer.
+    pub fn step<C: Conn>(&mut self, s: &mut Session, conn: &mut C, budget: usize, now: Instant) -> Step {
         let mut budget = budget;
         loop {
             match &mut s.phase {
