@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -235,9 +236,11 @@ pub fn run(opts: &Options) -> Result<Summary, FetchError> {
     let target = peer.to_string();
     let (size, digest) = handshake(&mut stream, &target, opts)?;
 
-    let sink: Box<dyn Write + Send> = match &temp {
-        Some((t, f)) => Box::new(f.try_clone().map_err(|e| FetchError::Output { path: t.path.clone(), source: e })?),
-        None => Box::new(RawStdout),
+    let sink = match &temp {
+        Some((t, f)) => {
+            Sink::File(f.try_clone().map_err(|e| FetchError::Output { path: t.path.clone(), source: e })?, 0)
+        }
+        None => Sink::Stdout,
     };
     let progress = (!opts.quiet && is_terminal_stderr()).then(|| progress_bar(size));
     let got =
@@ -380,7 +383,7 @@ struct Chunk {
 fn receive(
     stream: &mut TcpStream,
     size: u64,
-    sink: Box<dyn Write + Send>,
+    sink: Sink,
     target: &str,
     timeout: Duration,
     progress: Option<&indicatif::ProgressBar>,
@@ -474,18 +477,51 @@ fn spawn_hasher(rx: Receiver<Arc<Chunk>>, pool: SyncSender<Vec<u8>>) -> JoinHand
     })
 }
 
-fn spawn_writer(
-    rx: Receiver<Arc<Chunk>>,
-    pool: SyncSender<Vec<u8>>,
-    mut sink: Box<dyn Write + Send>,
-) -> JoinHandle<io::Result<()>> {
+/// Where the body goes: the temporary file (with the offset written so far), or stdout.
+enum Sink {
+    File(File, u64),
+    Stdout,
+}
+
+/// Start writeback of the temporary file every this many bytes, so the disk works while
+/// the network does and the final fsync only waits for the tail.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+
+impl Sink {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Stdout => RawStdout.write_all(buf),
+            Sink::File(f, written) => {
+                f.write_all(buf)?;
+                let before = *written;
+                *written += buf.len() as u64;
+                if before / WRITEBACK_EVERY != *written / WRITEBACK_EVERY {
+                    let start = (before / WRITEBACK_EVERY) * WRITEBACK_EVERY;
+                    // SAFETY: plain syscall on a descriptor we own. Advisory: errors are
+                    // ignored, the final fsync reports any real failure.
+                    unsafe {
+                        libc::sync_file_range(
+                            f.as_raw_fd(),
+                            start as libc::off64_t,
+                            (*written - start) as libc::off64_t,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn spawn_writer(rx: Receiver<Arc<Chunk>>, pool: SyncSender<Vec<u8>>, mut sink: Sink) -> JoinHandle<io::Result<()>> {
     std::thread::spawn(move || {
         for chunk in rx {
             // On error, return at once: dropping the receiver tells the reader to stop.
             sink.write_all(&chunk.data[..chunk.len])?;
             recycle(chunk, &pool);
         }
-        sink.flush()
+        Ok(())
     })
 }
 

@@ -600,9 +600,9 @@ impl<S: Service> Reactor<S> {
     fn drain(&mut self, now: Instant, why: &str) {
         let n = self.in_flight_total();
         eprintln!(
-            "{why}: no longer accepting; exiting after {n} transfer{} finish (up to {} s)",
+            "{why}: exiting: no longer accepting; waiting up to {} s for {n} transfer{} in flight",
+            self.cfg.drain_timeout.as_secs_f64(),
             if n == 1 { "" } else { "s" },
-            self.cfg.drain_timeout.as_secs()
         );
         self.broadcast(Command::Drain);
         self.start_drain(now);
