@@ -1,0 +1,35 @@
+//! Feeds arbitrary bytes to both decoders, whole and split at every point a peer could
+//! split them. They must never panic, must agree with themselves when fed a prefix
+//! ("need more" never turns into an error that the whole input does not also give), and a
+//! decoded value must survive re-encoding.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use xfer::encoding::{self, Decoded, Response};
+
+fuzz_target!(|data: &[u8]| {
+    let whole_req = encoding::decode_request(data);
+    let whole_resp = encoding::decode_response(data);
+    for cut in 0..data.len().min(320) {
+        if let Ok(Decoded::Done(..)) = encoding::decode_request(&data[..cut]) {
+            // A complete request at a prefix must be the same request at the whole.
+            assert_eq!(encoding::decode_request(&data[..cut]), whole_req);
+        }
+        let _ = encoding::decode_response(&data[..cut]);
+    }
+    if let Ok(Decoded::Done(req, n)) = whole_req {
+        assert_eq!(n, encoding::REQUEST_LEN);
+        assert_eq!(&encoding::encode_request(&req)[..], &data[..n]);
+    }
+    match whole_resp {
+        Ok(Decoded::Done(Response::Ok { size, digest }, n)) => {
+            assert_eq!(&encoding::encode_ok(size, &digest)[..], &data[..n]);
+        }
+        Ok(Decoded::Done(Response::Refused { status, reason }, n)) => {
+            assert!(n <= encoding::HEADER_LEN + encoding::MAX_REASON);
+            assert!(reason.len() <= 3 * encoding::MAX_REASON, "lossy decoding may grow, but boundedly");
+            assert_ne!(status, encoding::Status::Ok);
+        }
+        _ => {}
+    }
+});
