@@ -122,8 +122,8 @@ fn real_main() -> i32 {
                     exit::OK
                 }
                 Err(()) => {
-                    eprintln!("xfer: {}", early.output.trim_end());
-                    eprintln!("Run '{cmd} --help' for usage.");
+                    let why = early.output.trim_end().replace('\n', "; ");
+                    eprintln!("xfer: {why} (see '{cmd} --help')");
                     exit::USAGE
                 }
             };

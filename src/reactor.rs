@@ -426,9 +426,11 @@ impl<S: Service> Reactor<S> {
     }
 
     fn close(&mut self, key: usize, now: Instant) {
-        // Dropping the stream closes the descriptor, which also removes it from epoll.
-        let slot = self.slab.remove(key);
-        self.service.close(slot.session, now);
+        // Dropping the stream closes the descriptor, which also removes it from epoll. It
+        // goes before the service logs the outcome, so a log line means the socket is gone.
+        let Slot { stream, session, .. } = self.slab.remove(key);
+        drop(stream);
+        self.service.close(session, now);
         if self.accept_retry_at.is_some() {
             // A descriptor was just freed: accepting may work again.
             self.accept_retry_at = None;

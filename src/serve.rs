@@ -853,12 +853,6 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
         IpAddr::V6(v6) => format!("[{v6}]"),
         ip => ip.to_string(),
     };
-    let name = opts.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "copy".into());
-    // The first line is the contract with scripts and tests: the real bound address.
-    println!("listening on {addr}");
-    println!("serving {}: {} bytes, blake3 {}", opts.file.display(), snapshot.size(), encoding::hex(snapshot.digest()));
-    println!("fetch it with: xfer fetch {host}:{} output_file/{name}", addr.port());
-
     let policy = Policy {
         max_clients: per_thread,
         max_per_ip: opts.max_per_ip,
@@ -891,6 +885,14 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
     let server = Server::with_shared(shared, policy);
     let mut reactor = crate::reactor::Reactor::new(first, server, cfg).map_err(ServeError::Poll)?;
     reactor.set_followers(followers);
+    let name = opts.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "copy".into());
+    // The first line is the contract with scripts and tests: the real bound address. It is
+    // printed once everything is set up, so whoever reads it finds a server in its steady
+    // state (all descriptors open, signals handled).
+    println!("listening on {addr}");
+    println!("serving {}: {} bytes, blake3 {}", opts.file.display(), snapshot.size(), encoding::hex(snapshot.digest()));
+    println!("fetch it with: xfer fetch {host}:{} output_file/{name}", addr.port());
+
     let exit = reactor.run().map_err(ServeError::Poll)?;
     for h in handles {
         match h.join() {

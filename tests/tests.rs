@@ -4,3 +4,5 @@
 //! One test binary with submodules (as ripgrep does), so cargo links it once.
 
 mod util;
+
+mod basic;
