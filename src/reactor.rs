@@ -372,6 +372,11 @@ impl<S: Service> Reactor<S> {
         }
         let session = self.service.open(peer, now);
         entry.insert(Slot { stream, session, queued: true });
+        // The service's periodic work (the served file's change check) runs while any
+        // session exists, starting now, not only when the first deadline comes due.
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now);
+        }
         // Under load the request is usually there already: try it in this same turn
         // instead of waiting for the readiness event.
         self.run_queue.push_back(key);

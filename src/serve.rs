@@ -892,6 +892,9 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
     println!("listening on {addr}");
     println!("serving {}: {} bytes, blake3 {}", opts.file.display(), snapshot.size(), encoding::hex(snapshot.digest()));
     println!("fetch it with: xfer fetch {host}:{} output_file/{name}", addr.port());
+    // From here on only the sessions and the shared cell hold snapshots, so a reload
+    // really lets go of the old descriptor (and a replaced file's disk space).
+    drop(snapshot);
 
     let exit = reactor.run().map_err(ServeError::Poll)?;
     for h in handles {

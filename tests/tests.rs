@@ -6,4 +6,5 @@
 mod util;
 
 mod basic;
+mod faults;
 mod signals;

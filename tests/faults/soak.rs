@@ -1,0 +1,249 @@
+//! A seeded, randomized soak: many transfers of random-sized files, each through its own
+//! fault proxy with a random fault (none, delay, reset / cut / flip / stall at a random
+//! byte), some by `xfer fetch`, some by raw clients with random receive buffers and pace.
+//!
+//! The rule checked is the product's promise: a transfer whose fault hit before the end
+//! fails (non-zero exit, nothing at its output path), every other one is byte-identical.
+//! A transfer that breaks the rule is "lost"; there must be none. The seed is printed;
+//! `XFER_SOAK_SEED=S` replays a run, `XFER_SOAK_N=N` sets the number of transfers.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+
+use super::proxy::Dir;
+use super::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    None,
+    Delay,
+    Reset,
+    Cut,
+    Flip,
+    Stall,
+}
+
+#[derive(Clone, Debug)]
+struct Job {
+    id: usize,
+    file: usize,
+    kind: Kind,
+    plan: Plan,
+    /// Whether the fault's byte exists in its stream (so it must make the transfer fail).
+    hits: bool,
+    /// A raw client with this receive buffer and pace instead of `xfer fetch`.
+    raw: Option<(usize, Pace)>,
+}
+
+#[derive(Default)]
+struct Tally {
+    by_kind: BTreeMap<String, usize>,
+    hits: usize,
+    failed_as_expected: usize,
+    clean_ok: usize,
+    raw: usize,
+    codes: BTreeMap<i32, usize>,
+    lost: Vec<String>,
+}
+
+#[test]
+fn soak_random_faults() {
+    let seed: u64 = std::env::var("XFER_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    let n: usize = std::env::var("XFER_SOAK_N").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    eprintln!("soak: seed {seed} (replay with XFER_SOAK_SEED={seed}), {n} transfers");
+    let started = Instant::now();
+    let mut rng = Rng::new(seed);
+
+    // A handful of servers with random-sized files, including the empty and tiny cases.
+    let dir = tempdir();
+    let sizes = [
+        0usize,
+        1 + rng.below(100) as usize,
+        rng.below(70_000) as usize,
+        rng.below(4 * MIB) as usize,
+        rng.below(4 * MIB) as usize,
+        (4 * MIB - rng.below(1000)) as usize,
+    ];
+    let files: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &s)| random_bytes(s, seed ^ (i as u64 + 1))).collect();
+    let mut servers: Vec<(Server, usize)> =
+        files.iter().enumerate().map(|(i, d)| start(&write_file(dir.path(), &format!("in-{i}.bin"), d), &[])).collect();
+    let addrs: Vec<SocketAddr> = servers.iter().map(|(s, _)| s.addr).collect();
+
+    let kinds = [Kind::None, Kind::Delay, Kind::Reset, Kind::Cut, Kind::Flip, Kind::Stall];
+    let jobs: Vec<Job> = (0..n)
+        .map(|id| {
+            let file = rng.below(files.len() as u64) as usize;
+            let total = 48 + files[file].len() as u64;
+            let kind = kinds[rng.below(kinds.len() as u64) as usize];
+            // Faults land anywhere in the stream, and sometimes past its end (no fault).
+            let down_at = |rng: &mut Rng| rng.below(total + total / 8 + 2);
+            let upstream = matches!(kind, Kind::Reset | Kind::Cut | Kind::Stall) && rng.below(5) == 0;
+            let (plan, hits) = match kind {
+                Kind::None => (Plan::clean(), false),
+                Kind::Delay => {
+                    let plan = Plan {
+                        up: Dir { delay: Duration::from_millis(rng.below(100)), ..Dir::default() },
+                        down: Dir {
+                            delay: Duration::from_millis(rng.below(300)),
+                            chunk: 16 * 1024 + rng.below(112 * 1024) as usize,
+                            pause: Duration::from_micros(rng.below(5000)),
+                            fault: None,
+                        },
+                        server_rcvbuf: (rng.below(2) == 0).then(|| 4096 << rng.below(6)),
+                    };
+                    (plan, false)
+                }
+                Kind::Flip => {
+                    let at = down_at(&mut rng);
+                    (Plan::down(at, Action::Flip(rng.below(8) as u8)), at < total)
+                }
+                Kind::Reset | Kind::Cut | Kind::Stall => {
+                    let action = match kind {
+                        Kind::Reset => Action::Reset,
+                        Kind::Cut => Action::Cut,
+                        _ => Action::Stall,
+                    };
+                    if upstream {
+                        let at = rng.below(48);
+                        (Plan::up(at, action), true)
+                    } else {
+                        let at = down_at(&mut rng);
+                        (Plan::down(at, action), at < total)
+                    }
+                }
+            };
+            let raw = (rng.below(4) == 0).then(|| {
+                let rcvbuf = [4096usize, 8192, 65536, 262_144][rng.below(4) as usize];
+                let read = [1024usize, 4096, 65536][rng.below(3) as usize];
+                let pace = if rng.below(2) == 0 {
+                    Pace::bursts(read, 64 * 1024 + rng.below(512 * 1024) as usize, Duration::from_millis(rng.below(5)))
+                } else {
+                    Pace::bursts(read, 0, Duration::ZERO)
+                };
+                (rcvbuf, pace)
+            });
+            Job { id, file, kind, plan, hits, raw }
+        })
+        .collect();
+
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let tally = Mutex::new(Tally::default());
+    let next = AtomicUsize::new(0);
+    let files = &files;
+    let addrs = &addrs;
+    let jobs = &jobs;
+    let outdir_ref = &outdir;
+    let tally_ref = &tally;
+    let next_ref = &next;
+    thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(move || {
+                loop {
+                    let i = next_ref.fetch_add(1, Ordering::SeqCst);
+                    let Some(job) = jobs.get(i) else { break };
+                    run_job(job, &files[job.file], addrs[job.file], outdir_ref, tally_ref);
+                }
+            });
+        }
+    });
+
+    let t = tally.into_inner().unwrap();
+    let kinds_s: Vec<String> = t.by_kind.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let codes_s: Vec<String> = t.codes.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    eprintln!(
+        "soak summary: seed={seed} transfers={n} (raw {}) faults[{}] hit={} failed-as-expected={} clean-ok={} \
+         fetch-exit-codes[{}] lost={} in {:?}",
+        t.raw,
+        kinds_s.join(" "),
+        t.hits,
+        t.failed_as_expected,
+        t.clean_ok,
+        codes_s.join(" "),
+        t.lost.len(),
+        started.elapsed()
+    );
+    assert!(t.lost.is_empty(), "soak seed {seed}: {} transfers broke the rule:\n{}", t.lost.len(), t.lost.join("\n"));
+
+    // Nothing but the finished outputs may remain (no temp files from the failures).
+    let mut want: Vec<String> = Vec::new();
+    for j in jobs.iter().filter(|j| j.raw.is_none() && !j.hits) {
+        want.push(format!("job-{}.bin", j.id));
+    }
+    want.sort();
+    assert_eq!(dir_names(&outdir), want, "soak seed {seed}: output directory holds more or less than the good copies");
+
+    for (server, base) in servers.iter_mut() {
+        healthy(server, *base);
+    }
+}
+
+fn run_job(job: &Job, data: &[u8], server: SocketAddr, outdir: &Path, tally: &Mutex<Tally>) {
+    let proxy = Proxy::start(server, job.plan);
+    let size = data.len() as u64;
+    let want = digest(data);
+    let desc =
+        format!("job {} {:?} size {size} plan {:?} hits {} raw {:?}", job.id, job.kind, job.plan, job.hits, job.raw);
+    let (ok, detail, exit) = match job.raw {
+        None => {
+            let out = outdir.join(format!("job-{}.bin", job.id));
+            let timeout = if job.kind == Kind::Stall { "1" } else { "10" };
+            let r = fetch(&proxy.target(), &out, &["--quiet", "--timeout", timeout]);
+            let exact = r.status.success() && std::fs::read(&out).is_ok_and(|v| v == data);
+            let ok = if job.hits {
+                // Must fail with a network or verification error, and leave nothing.
+                !r.status.success() && !out.exists() && code(&r).is_some_and(|c| c == 3 || c == 4)
+            } else {
+                exact
+            };
+            (ok, describe(&r), code(&r))
+        }
+        Some((rcvbuf, pace)) => {
+            let res = (|| -> std::io::Result<(Response, Drained)> {
+                let mut s = connect(proxy.addr, None, Some(rcvbuf))?;
+                let secs = if job.kind == Kind::Stall { 1 } else { 10 };
+                s.set_read_timeout(Some(Duration::from_secs(secs)))?;
+                s.write_all(&raw_request(None))?;
+                let r = read_response(&mut s)?;
+                let d = drain(&mut s, pace, None, false);
+                Ok((r, d))
+            })();
+            let exact = match &res {
+                Ok((Response::Ok { size: s, digest: d }, dr)) => *s == size && *d == want && dr.is_exact(size, &want),
+                _ => false,
+            };
+            let ok = if job.hits { !exact } else { exact };
+            let detail = match &res {
+                Ok((r, d)) => format!("response {r:?}, body {} bytes, err {:?}", d.bytes, d.err),
+                Err(e) => format!("error {e}"),
+            };
+            (ok, detail, None)
+        }
+    };
+    let fired = proxy.fired();
+    drop(proxy);
+    let mut t = tally.lock().unwrap();
+    *t.by_kind.entry(format!("{:?}", job.kind).to_lowercase()).or_default() += 1;
+    if job.raw.is_some() {
+        t.raw += 1;
+    }
+    if let Some(c) = exit {
+        *t.codes.entry(c).or_default() += 1;
+    }
+    if job.hits {
+        t.hits += 1;
+        if fired == 0 {
+            t.lost.push(format!("{desc}: fault should have fired but the proxy never saw byte N ({detail})"));
+        }
+    }
+    if !ok {
+        t.lost.push(format!("{desc}: {detail}"));
+    } else if job.hits {
+        t.failed_as_expected += 1;
+    } else {
+        t.clean_ok += 1;
+    }
+}
