@@ -79,6 +79,9 @@ impl Conn for KThenBlock {
     fn shutdown_write(&mut self) -> io::Result<()> {
         Ok(())
     }
+    fn unacked(&self) -> usize {
+        0
+    }
 }
 
 fn main() {

@@ -73,8 +73,9 @@ pub trait Service {
     fn open(&mut self, peer: SocketAddr, now: Instant) -> Self::Session;
     /// Make progress on the session's socket, moving at most about `budget` bytes.
     fn drive(&mut self, s: &mut Self::Session, stream: &mut TcpStream, budget: usize, now: Instant) -> Step;
-    /// The session's next deadline, or that it has passed.
-    fn timer(&mut self, s: &mut Self::Session, now: Instant) -> Timer;
+    /// The session's next deadline, or that it has passed. Gets the socket, because some
+    /// deadlines depend on it (e.g. whether the peer has acknowledged everything).
+    fn timer(&mut self, s: &mut Self::Session, stream: &TcpStream, now: Instant) -> Timer;
     /// Periodic service-wide work while sessions exist; returns when it wants to run next.
     fn tick(&mut self, now: Instant, sessions: usize) -> Option<Instant>;
     /// The session is being closed (finished, expired, or the server is exiting).
@@ -361,6 +362,17 @@ impl<S: Service> Reactor<S> {
             // Over the hard cap even for refusals: closing at once is the cheapest answer.
             return;
         }
+        let mut session = self.service.open(peer, now);
+        // Under load the request is usually there already. Drive the session before
+        // registering it: a small file then costs accept, read, write, close, and never
+        // touches epoll. Registering afterwards loses nothing, because epoll reports the
+        // socket's current readiness when it is added.
+        let step = self.service.drive(&mut session, &mut stream, self.cfg.budget, now);
+        if step == Step::Done {
+            drop(stream);
+            self.service.close(session, now);
+            return;
+        }
         // Order matters: take the key, register with it, and only then insert, so a failed
         // registration leaves nothing behind.
         let entry = self.slab.vacant_entry();
@@ -368,18 +380,32 @@ impl<S: Service> Reactor<S> {
         if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
         {
             eprintln!("xfer: register {peer}: {e}; dropped");
+            drop(stream);
+            self.service.close(session, now);
             return;
         }
-        let session = self.service.open(peer, now);
-        entry.insert(Slot { stream, session, queued: true });
+        let queued = step == Step::Yield;
+        entry.insert(Slot { stream, session, queued });
+        if queued {
+            self.run_queue.push_back(key);
+        }
+        self.schedule(key, now);
         // The service's periodic work (the served file's change check) runs while any
         // session exists, starting now, not only when the first deadline comes due.
         if self.next_tick.is_none() {
             self.next_tick = Some(now);
         }
-        // Under load the request is usually there already: try it in this same turn
-        // instead of waiting for the readiness event.
-        self.run_queue.push_back(key);
+    }
+
+    /// Makes sure the sweep comes in time for the session's deadline (a phase change can
+    /// bring it closer, e.g. the short linger after the last byte).
+    fn schedule(&mut self, key: usize, now: Instant) {
+        let Some(slot) = self.slab.get_mut(key) else { return };
+        let due = match self.service.timer(&mut slot.session, &slot.stream, now) {
+            Timer::At(t) => t,
+            Timer::Expired => now,
+        };
+        self.next_sweep = Some(self.next_sweep.map_or(due, |n| n.min(due)));
     }
 
     /// Gives every queued session one turn.
@@ -402,13 +428,7 @@ impl<S: Service> Reactor<S> {
                     continue;
                 }
             }
-            // A phase change can bring a deadline closer (e.g. the short linger after the
-            // last byte); make sure the sweep comes in time for it.
-            if let Timer::At(t) = self.service.timer(&mut slot.session, now) {
-                self.next_sweep = Some(self.next_sweep.map_or(t, |n| n.min(t)));
-            } else {
-                self.next_sweep = Some(now);
-            }
+            self.schedule(key, now);
         }
     }
 
@@ -418,7 +438,7 @@ impl<S: Service> Reactor<S> {
         let mut expired = Vec::new();
         let mut next: Option<Instant> = None;
         for (key, slot) in self.slab.iter_mut() {
-            match self.service.timer(&mut slot.session, now) {
+            match self.service.timer(&mut slot.session, &slot.stream, now) {
                 Timer::Expired => expired.push(key),
                 Timer::At(t) => next = Some(next.map_or(t, |n| n.min(t))),
             }

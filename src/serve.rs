@@ -41,6 +41,8 @@ const SENDFILE_MAX: usize = 0x7fff_f000;
 const LINGER: Duration = Duration::from_secs(2);
 /// ... and how much of it we are willing to read.
 const LINGER_MAX_BYTES: u32 = 256 * 1024;
+/// While lingering, how often we look whether the peer has acknowledged everything.
+const LINGER_POLL: Duration = Duration::from_millis(100);
 
 /// How often, at most, the served file is checked for in-place changes while clients are
 /// being served from its descriptor.
@@ -57,17 +59,18 @@ pub enum InputError {
     Unstable { path: PathBuf },
 }
 
-/// What identifies one version of a file on disk, as far as `fstat` can tell.
+/// What identifies one version of a file's contents, as far as `fstat` can tell. Not the
+/// ctime: replacing the file by rename unlinks the old inode, which moves its ctime while
+/// its bytes stay exactly as they were, and those are what in-flight clients still get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Identity {
     size: u64,
     mtime: (i64, i64),
-    ctime: (i64, i64),
 }
 
 impl Identity {
     fn of(m: &std::fs::Metadata) -> Identity {
-        Identity { size: m.size(), mtime: (m.mtime(), m.mtime_nsec()), ctime: (m.ctime(), m.ctime_nsec()) }
+        Identity { size: m.size(), mtime: (m.mtime(), m.mtime_nsec()) }
     }
 }
 
@@ -238,6 +241,8 @@ pub trait Conn {
     /// Sends up to `len` bytes of `file` from `offset` without copying through user space.
     fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize>;
     fn shutdown_write(&mut self) -> io::Result<()>;
+    /// Bytes sent but not yet acknowledged by the peer.
+    fn unacked(&self) -> usize;
 }
 
 impl Conn for mio::net::TcpStream {
@@ -264,6 +269,14 @@ impl Conn for mio::net::TcpStream {
 
     fn shutdown_write(&mut self) -> io::Result<()> {
         mio::net::TcpStream::shutdown(self, std::net::Shutdown::Write)
+    }
+
+    fn unacked(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the valid pointer.
+        let r = unsafe { libc::ioctl(self.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        // If the kernel cannot say, assume data is outstanding: lingering is the safe side.
+        if r == 0 { n.max(0) as usize } else { 1 }
     }
 }
 
@@ -569,26 +582,40 @@ impl Server {
         }
     }
 
-    /// The last byte is out. If the peer has nothing unread waiting, closing now sends a
-    /// plain FIN after the queued data. If it sent more than its request, closing would
-    /// answer with a reset that can destroy the tail of what we sent, so shut down our side
-    /// and discard its bytes for a while first.
+    /// The last byte is out. Closing now is right only when the peer has acknowledged
+    /// everything and sent nothing we have not read. Otherwise the socket must stay ours
+    /// for a while:
+    /// - Unread input makes close() answer with a reset, which can destroy the tail of what
+    ///   we sent in the peer's buffers.
+    /// - A closed socket with unacknowledged data becomes an orphan. Under TCP memory
+    ///   pressure the kernel resets orphans instead of delivering their data.
+    ///
+    /// So shut down our side (the peer sees EOF after the last byte) and discard what it
+    /// sends until it closes. Wait up to the send timeout while data is unacknowledged (a
+    /// slow reader may need it), otherwise just long enough to drain its stray bytes.
     fn after_last_byte<C: Conn>(&mut self, s: &mut Session, conn: &mut C, now: Instant) -> Step {
         let mut probe = [0u8; 1024];
-        match conn.read(&mut probe) {
-            Ok(0) => Step::Done,
-            Ok(n) => {
-                let _ = conn.shutdown_write();
-                s.phase = Phase::Linger { until: now + LINGER, discarded: n as u32 };
-                // Keep reading until WouldBlock: readiness is edge-triggered.
-                self.step(s, conn, 0, now)
+        let extra = loop {
+            match conn.read(&mut probe) {
+                // The peer is done sending; it has read what it wanted.
+                Ok(0) => return Step::Done,
+                Ok(n) => break n as u32,
+                Err(e) => match classify(e) {
+                    Io::Again => break 0,
+                    Io::Retry => continue,
+                    Io::Closed | Io::Failed(_) => return Step::Done,
+                },
             }
-            Err(e) => match classify(e) {
-                Io::Again => Step::Done,
-                Io::Retry => self.after_last_byte(s, conn, now),
-                Io::Closed | Io::Failed(_) => Step::Done,
-            },
+        };
+        let unacked = conn.unacked();
+        if extra == 0 && unacked == 0 {
+            return Step::Done;
         }
+        let _ = conn.shutdown_write();
+        let wait = if unacked > 0 { self.policy.send_timeout.max(LINGER) } else { LINGER };
+        s.phase = Phase::Linger { until: now + wait, discarded: extra };
+        // Keep reading until WouldBlock: readiness is edge-triggered.
+        self.step(s, conn, 0, now)
     }
 }
 
@@ -668,7 +695,7 @@ impl Service for Server {
         self.step(s, stream, budget, now)
     }
 
-    fn timer(&mut self, s: &mut Session, now: Instant) -> Timer {
+    fn timer(&mut self, s: &mut Session, stream: &mio::net::TcpStream, now: Instant) -> Timer {
         let deadline = match &s.phase {
             Phase::Request { .. } => s.started + self.policy.request_timeout,
             Phase::Refuse { .. } | Phase::Send { .. } => {
@@ -678,15 +705,19 @@ impl Service for Server {
                 }
                 s.last_progress + self.policy.send_timeout
             }
-            Phase::Linger { until, .. } => *until,
+            Phase::Linger { until, .. } => {
+                // Everything acknowledged: the bytes are safe in the peer's buffers, and
+                // closing cannot lose them. No event says so, hence the polling.
+                if stream.unacked() == 0 || now >= *until {
+                    return Timer::Expired;
+                }
+                return Timer::At((now + LINGER_POLL).min(*until));
+            }
         };
         if now < deadline {
             return Timer::At(deadline);
         }
-        // A lingering session has already finished; its outcome stands.
-        if !matches!(s.phase, Phase::Linger { .. }) {
-            s.outcome = Outcome::TimedOut;
-        }
+        s.outcome = Outcome::TimedOut;
         Timer::Expired
     }
 
@@ -1011,6 +1042,9 @@ mod tests {
             self.shut = true;
             Ok(())
         }
+        fn unacked(&self) -> usize {
+            0
+        }
     }
 
     fn policy() -> Policy {
@@ -1108,6 +1142,9 @@ mod tests {
             }
             fn shutdown_write(&mut self) -> io::Result<()> {
                 Ok(())
+            }
+            fn unacked(&self) -> usize {
+                0
             }
         }
         let mut conn = NeverBlock(conn);
