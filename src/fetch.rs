@@ -26,8 +26,8 @@ use crate::encoding::{self, DecodeError, Decoded, Digest, HEADER_LEN, MAX_REASON
 use crate::exit;
 
 /// Size of each receive buffer, and how many are in flight between the stages.
-const BUF_SIZE: usize = 1 << 20;
-const BUFS: usize = 8;
+const BUF_SIZE: usize = 4 << 20;
+const BUFS: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -405,7 +405,7 @@ fn receive(
         let mut len = 0usize;
         let want = ((size - got) as usize).min(BUF_SIZE);
         while len < want {
-            match stream.read(&mut data[len..want]) {
+            match recv_all(stream, &mut data[len..want]) {
                 Ok(0) => {
                     failure = Some(FetchError::Lost {
                         got: got + len as u64,
@@ -456,6 +456,15 @@ fn receive(
         return Err(f);
     }
     Ok(digest)
+}
+
+/// One `recv` that waits for the whole buffer (MSG_WAITALL): one syscall and one wake-up
+/// per chunk instead of one per segment burst. It still returns early on EOF, an error,
+/// a signal or the receive timeout, with what it has; the caller loops.
+fn recv_all(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes; the descriptor is open for the call.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_WAITALL) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
 /// Gives a chunk back to the pool once both stages are done with it. `Arc::into_inner`
