@@ -141,7 +141,7 @@ fn main() {
             let r = best_rate(secs, (transfers * size) as f64, || {
                 for _ in 0..transfers {
                     let now = Instant::now();
-                    let mut s = server.open("127.0.0.1:9".parse().unwrap(), now);
+                    let mut s = server.open("127.0.0.1:9".parse().unwrap(), now).expect("admitted");
                     let mut peer = KThenBlock {
                         k,
                         blocked: false,

@@ -146,10 +146,14 @@ fn install_interrupt_cleanup() {
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             let pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(p) = pending.as_ref() {
-                let _ = std::fs::remove_file(p);
+            match pending.as_ref() {
+                Some(p) => {
+                    let _ = std::fs::remove_file(p);
+                    eprintln!("\nxfer: interrupted; nothing written");
+                }
+                // Already renamed into place (or writing to stdout).
+                None => eprintln!("\nxfer: interrupted"),
             }
-            eprintln!("\nxfer: interrupted; nothing written");
             std::process::exit(exit::INTERRUPTED);
         }
     });
@@ -172,8 +176,17 @@ impl Temp {
             return Err(FetchError::OutputIsDir(out.to_path_buf()));
         }
         let pid = std::process::id();
+        // Keep the temporary name within NAME_MAX (255) however long the output name is.
+        let mut stem = name.to_string_lossy().into_owned();
+        if stem.len() > 200 {
+            let mut cut = 200;
+            while !stem.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            stem.truncate(cut);
+        }
         for n in 0..100u32 {
-            let path = dir.join(format!(".{}.xfer-{pid}-{n}.part", name.to_string_lossy()));
+            let path = dir.join(format!(".{stem}.xfer-{pid}-{n}.part"));
             let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(f) => {
@@ -372,10 +385,19 @@ impl Write for RawStdout {
     }
 }
 
-/// A filled receive buffer, shared by the hasher and the writer.
+/// A filled receive buffer, shared by the hasher and the writer. Whoever drops the last
+/// reference gives the buffer back to the pool, on every path, errors included: a buffer
+/// that never came back would leave the reader waiting for one forever.
 struct Chunk {
     data: Vec<u8>,
     len: usize,
+    pool: SyncSender<Vec<u8>>,
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let _ = self.pool.try_send(std::mem::take(&mut self.data));
+    }
 }
 
 /// Receives exactly `size` body bytes, hashing and writing them on two other threads.
@@ -395,8 +417,8 @@ fn receive(
     }
     let (hash_tx, hash_rx) = sync_channel::<Arc<Chunk>>(BUFS);
     let (write_tx, write_rx) = sync_channel::<Arc<Chunk>>(BUFS);
-    let hasher = spawn_hasher(hash_rx, pool_tx.clone());
-    let writer = spawn_writer(write_rx, pool_tx, sink);
+    let hasher = spawn_hasher(hash_rx);
+    let writer = spawn_writer(write_rx, sink);
 
     let mut got = 0u64;
     let mut failure: Option<FetchError> = None;
@@ -431,7 +453,7 @@ fn receive(
             p.set_position(got);
         }
         if len > 0 {
-            let chunk = Arc::new(Chunk { data, len });
+            let chunk = Arc::new(Chunk { data, len, pool: pool_tx.clone() });
             // A closed channel means that stage stopped on an error; it is reported below.
             if hash_tx.send(chunk.clone()).is_err() || write_tx.send(chunk).is_err() {
                 break 'outer;
@@ -467,20 +489,11 @@ fn recv_all(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
-/// Gives a chunk back to the pool once both stages are done with it. `Arc::into_inner`
-/// returns the value to exactly one of the holders, whichever drops last.
-fn recycle(chunk: Arc<Chunk>, pool: &SyncSender<Vec<u8>>) {
-    if let Some(c) = Arc::into_inner(chunk) {
-        let _ = pool.try_send(c.data);
-    }
-}
-
-fn spawn_hasher(rx: Receiver<Arc<Chunk>>, pool: SyncSender<Vec<u8>>) -> JoinHandle<Digest> {
+fn spawn_hasher(rx: Receiver<Arc<Chunk>>) -> JoinHandle<Digest> {
     std::thread::spawn(move || {
         let mut h = blake3::Hasher::new();
         for chunk in rx {
             h.update(&chunk.data[..chunk.len]);
-            recycle(chunk, &pool);
         }
         *h.finalize().as_bytes()
     })
@@ -523,12 +536,12 @@ impl Sink {
     }
 }
 
-fn spawn_writer(rx: Receiver<Arc<Chunk>>, pool: SyncSender<Vec<u8>>, mut sink: Sink) -> JoinHandle<io::Result<()>> {
+fn spawn_writer(rx: Receiver<Arc<Chunk>>, mut sink: Sink) -> JoinHandle<io::Result<()>> {
     std::thread::spawn(move || {
         for chunk in rx {
-            // On error, return at once: dropping the receiver tells the reader to stop.
+            // On error, return at once: dropping the receiver drops (and so recycles) what
+            // was queued, and makes the reader's next send fail, which stops it.
             sink.write_all(&chunk.data[..chunk.len])?;
-            recycle(chunk, &pool);
         }
         Ok(())
     })

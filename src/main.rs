@@ -146,6 +146,8 @@ fn secs(name: &str, v: f64) -> Result<Duration, i32> {
 
 /// The token from the flag, else from XFER_TOKEN; an empty value means none.
 fn token(flag: Option<String>) -> Option<String> {
+    // A lone `-` was swapped for the stdout marker before parsing; give it back.
+    let flag = flag.map(|t| if t == STDOUT_MARKER { "-".to_string() } else { t });
     flag.or_else(|| std::env::var("XFER_TOKEN").ok()).filter(|t| !t.is_empty())
 }
 

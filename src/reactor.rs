@@ -69,8 +69,8 @@ pub enum Timer {
 /// What the reactor drives: the per-connection logic of one service.
 pub trait Service {
     type Session;
-    /// A connection from `peer` was accepted.
-    fn open(&mut self, peer: SocketAddr, now: Instant) -> Self::Session;
+    /// A connection from `peer` was accepted. `None`: close it at once, unanswered.
+    fn open(&mut self, peer: SocketAddr, now: Instant) -> Option<Self::Session>;
     /// Make progress on the session's socket, moving at most about `budget` bytes.
     fn drive(&mut self, s: &mut Self::Session, stream: &mut TcpStream, budget: usize, now: Instant) -> Step;
     /// The session's next deadline, or that it has passed. Gets the socket, because some
@@ -103,6 +103,8 @@ pub enum Command {
     Drain,
     Exit,
     Reload,
+    /// Sent to the controlling loop by another one that has stopped.
+    FollowerDone,
 }
 
 /// Settings of one reactor.
@@ -172,7 +174,12 @@ pub struct Reactor<S: Service> {
     signals: Option<Signals>,
     remote: Option<Remote>,
     followers: Vec<Controller>,
+    /// Followers that have not reported `FollowerDone` yet; the controlling loop waits for
+    /// them before it returns, so it keeps handling signals while they drain.
+    followers_left: usize,
     stdin_registered: bool,
+    /// "Pausing new connections" was logged for the current shortage of descriptors.
+    accept_pause_logged: bool,
     /// The listener has (or may have) connections waiting.
     accept_pending: bool,
     /// Out of descriptors: do not accept before this.
@@ -205,7 +212,9 @@ impl<S: Service> Reactor<S> {
             signals,
             remote: None,
             followers: Vec::new(),
+            followers_left: 0,
             stdin_registered: false,
+            accept_pause_logged: false,
             accept_pending: true,
             accept_retry_at: None,
             next_sweep: None,
@@ -223,6 +232,7 @@ impl<S: Service> Reactor<S> {
 
     /// Reactors on other threads that should follow this one's signals and prompt.
     pub fn set_followers(&mut self, followers: Vec<Controller>) {
+        self.followers_left = followers.len();
         self.followers = followers;
     }
 
@@ -283,12 +293,16 @@ impl<S: Service> Reactor<S> {
                 self.sweep(now);
             }
             if let State::Draining { deadline } = self.state {
-                if self.slab.is_empty() {
+                if self.slab.is_empty() && self.followers_left == 0 {
                     return Ok(Exit::Drained);
                 }
                 if now >= deadline {
-                    eprintln!("drain deadline passed: closing {} unfinished transfer(s)", self.slab.len());
+                    if !self.slab.is_empty() {
+                        eprintln!("drain deadline passed: closing {} unfinished transfer(s)", self.slab.len());
+                    }
                     self.close_all(now);
+                    // The other loops passed the same deadline; make sure they stop.
+                    self.broadcast(Command::Exit);
                     return Ok(Exit::Drained);
                 }
             }
@@ -314,7 +328,10 @@ impl<S: Service> Reactor<S> {
         for _ in 0..ACCEPT_BATCH {
             let Some(listener) = &self.listener else { return Ok(()) };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Ok((stream, peer)) => {
+                    self.accept_pause_logged = false;
+                    self.admit(stream, peer, now);
+                }
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => {
                         self.accept_pending = false;
@@ -326,7 +343,8 @@ impl<S: Service> Reactor<S> {
                         // fail again; serve the clients we have, and try again when one is
                         // freed or after a short pause.
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                            if self.accept_retry_at.is_none() {
+                            if !self.accept_pause_logged {
+                                self.accept_pause_logged = true;
                                 eprintln!("xfer: accept: {e}; pausing new connections");
                             }
                             self.accept_retry_at = Some(now + ACCEPT_RETRY);
@@ -362,7 +380,7 @@ impl<S: Service> Reactor<S> {
             // Over the hard cap even for refusals: closing at once is the cheapest answer.
             return;
         }
-        let mut session = self.service.open(peer, now);
+        let Some(mut session) = self.service.open(peer, now) else { return };
         // Under load the request is usually there already. Drive the session before
         // registering it: a small file then costs accept, read, write, close, and never
         // touches epoll. Registering afterwards loses nothing, because epoll reports the
@@ -487,7 +505,7 @@ impl<S: Service> Reactor<S> {
                     self.service.reload();
                     self.broadcast(Command::Reload);
                 }
-                (SIGINT, State::Accepting) if self.cfg.interactive => self.ask(),
+                (SIGINT, State::Accepting) if self.cfg.interactive && in_foreground() => self.ask(),
                 (SIGINT, State::Asking) => {
                     eprintln!("\ninterrupted again: exiting now");
                     self.broadcast(Command::Exit);
@@ -522,6 +540,7 @@ impl<S: Service> Reactor<S> {
                 Command::Drain => self.start_drain(now),
                 Command::Exit => return Some(Exit::Interrupted),
                 Command::Reload => self.service.reload(),
+                Command::FollowerDone => self.followers_left = self.followers_left.saturating_sub(1),
                 _ => {}
             }
         }
@@ -568,8 +587,16 @@ impl<S: Service> Reactor<S> {
         if self.state != State::Asking {
             return;
         }
+        // The event may be stale (e.g. input flushed when the question was asked): look
+        // before reading, since a blocking read here would freeze every transfer.
+        let mut pfd = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+            self.rearm_stdin();
+            return;
+        }
         let mut buf = [0u8; 256];
-        // Readiness was reported, so this read returns at once (a terminal in canonical mode
+        // poll said readable, so this read returns at once (a terminal in canonical mode
         // reports readable when a whole line is there).
         // SAFETY: buf is valid for its length.
         let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
@@ -650,6 +677,13 @@ impl<S: Service> Reactor<S> {
         }
         self.state = State::Draining { deadline: now + self.cfg.drain_timeout };
     }
+}
+
+/// Whether this process is in the terminal's foreground: only then may it ask there. A
+/// background job touching the terminal is stopped by SIGTTOU, and its transfers with it.
+fn in_foreground() -> bool {
+    // SAFETY: plain queries with no memory arguments.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 
 /// A non-blocking listener on `addr`. IPv6 unspecified is made dual-stack explicitly

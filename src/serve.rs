@@ -21,8 +21,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -43,6 +43,19 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_MAX_BYTES: u32 = 256 * 1024;
 /// While lingering, how often we look whether the peer has acknowledged everything.
 const LINGER_POLL: Duration = Duration::from_millis(100);
+
+/// A client being refused gets at most this long to send its request (whose bytes we read
+/// only so that closing does not reset it).
+const REFUSE_DEADLINE: Duration = Duration::from_secs(2);
+/// Refusals in progress per address; past it, that address's connections are closed at
+/// once, so one address cannot fill the slots kept for answering "busy".
+const REFUSING_PER_IP: u32 = 8;
+/// New clients look at the served file at most this often, so the first client after an
+/// idle change gets the new version.
+const OPEN_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// After a failed reload (the file missing, or changing while hashed), wait this long
+/// before the next automatic attempt: hashing runs on the event loop.
+const RELOAD_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How often, at most, the served file is checked for in-place changes while clients are
 /// being served from its descriptor.
@@ -319,7 +332,7 @@ pub struct Session {
     started: Instant,
     last_progress: Instant,
     body_sent: u64,
-    /// Counted against the client limits (refused clients are not).
+    /// Counted against the client limits; otherwise counted as a refusal in progress.
     admitted: bool,
     outcome: Outcome,
 }
@@ -365,24 +378,65 @@ pub struct Server {
     current: Arc<Snapshot>,
     /// The newest snapshot, shared by all event loops (`--threads`): whoever reloads first
     /// puts it here and the others adopt it.
-    shared: Arc<std::sync::Mutex<Arc<Snapshot>>>,
+    shared: Arc<Mutex<Arc<Snapshot>>>,
+    /// Earlier snapshots that clients may still be served from; checked for in-place
+    /// changes too, so their clients are cut rather than handed mixed bytes.
+    older: Vec<Weak<Snapshot>>,
     policy: Policy,
-    active: usize,
-    per_ip: HashMap<IpAddr, u32>,
+    /// Shared by all event loops, so limits and counts hold for the whole server.
+    limits: Arc<Mutex<Limits>>,
     /// Reused by the read+write fallback when sendfile is unavailable; never per client.
     scratch: Vec<u8>,
     next_check: Option<Instant>,
+    next_open_check: Option<Instant>,
+    reload_retry_at: Option<Instant>,
+}
+
+/// Clients in flight, overall and per address.
+#[derive(Debug, Default)]
+pub struct Limits {
+    active: usize,
+    per_ip: HashMap<IpAddr, PerIp>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PerIp {
+    admitted: u32,
+    refusing: u32,
+}
+
+/// What all event loops of one server share.
+#[derive(Clone)]
+pub struct Shared {
+    snapshot: Arc<Mutex<Arc<Snapshot>>>,
+    limits: Arc<Mutex<Limits>>,
+}
+
+impl Shared {
+    pub fn new(snapshot: Arc<Snapshot>) -> Shared {
+        Shared { snapshot: Arc::new(Mutex::new(snapshot)), limits: Arc::default() }
+    }
 }
 
 impl Server {
     pub fn new(snapshot: Arc<Snapshot>, policy: Policy) -> Server {
-        Server::with_shared(Arc::new(std::sync::Mutex::new(snapshot)), policy)
+        Server::with_shared(&Shared::new(snapshot), policy)
     }
 
-    /// A server whose snapshot is shared with other event loops.
-    pub fn with_shared(shared: Arc<std::sync::Mutex<Arc<Snapshot>>>, policy: Policy) -> Server {
-        let current = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Server { current, shared, policy, active: 0, per_ip: HashMap::new(), scratch: Vec::new(), next_check: None }
+    /// A server whose snapshot and limits are shared with other event loops.
+    pub fn with_shared(shared: &Shared, policy: Policy) -> Server {
+        let current = lock(&shared.snapshot).clone();
+        Server {
+            current,
+            shared: shared.snapshot.clone(),
+            older: Vec::new(),
+            policy,
+            limits: shared.limits.clone(),
+            scratch: Vec::new(),
+            next_check: None,
+            next_open_check: None,
+            reload_retry_at: None,
+        }
     }
 
     pub fn snapshot(&self) -> &Arc<Snapshot> {
@@ -430,24 +484,48 @@ impl Server {
     /// Clients in flight keep the snapshot they started on. If another event loop already
     /// took a newer snapshot, this one adopts it instead of hashing the file again.
     pub fn reload_snapshot(&mut self) {
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if !Arc::ptr_eq(&shared, &self.current) {
-            self.current = shared.clone();
+        let cell = self.shared.clone();
+        let mut shared = lock(&cell);
+        let newest = shared.clone();
+        if !Arc::ptr_eq(&newest, &self.current) {
+            self.retire(newest);
             return;
         }
         let path = self.current.path.clone();
         match Snapshot::open(&path) {
             Ok(s) => {
-                self.current = Arc::new(s);
-                *shared = self.current.clone();
-                eprintln!(
-                    "reloaded {}: {} bytes, blake3 {}",
-                    path.display(),
-                    self.current.size,
-                    encoding::hex(&self.current.digest)
-                );
+                let fresh = Arc::new(s);
+                *shared = fresh.clone();
+                drop(shared);
+                self.reload_retry_at = None;
+                eprintln!("reloaded {}: {} bytes, blake3 {}", path.display(), fresh.size, encoding::hex(&fresh.digest));
+                self.retire(fresh);
             }
-            Err(e) => eprintln!("xfer: reload failed, still serving the previous version: {e}"),
+            Err(e) => {
+                self.reload_retry_at = Some(Instant::now() + RELOAD_BACKOFF);
+                let what = if self.current.is_changed() && !self.current.in_memory() {
+                    "refusing new clients until it can be read again"
+                } else {
+                    "still serving the previous version"
+                };
+                eprintln!("xfer: reload failed, {what}: {e}");
+            }
+        }
+    }
+
+    /// Makes `fresh` current. The old snapshot is checked once more (an in-place change
+    /// followed by SIGHUP must still cut its clients) and kept watched while in use.
+    fn retire(&mut self, fresh: Arc<Snapshot>) {
+        let old = std::mem::replace(&mut self.current, fresh);
+        old.check_changed();
+        self.older.push(Arc::downgrade(&old));
+    }
+
+    /// Reloads when the file changed, unless a failed attempt asks to wait.
+    fn reload_if_changed(&mut self, now: Instant) {
+        if self.current.check_changed() && self.reload_retry_at.is_none_or(|t| now >= t) {
+            eprintln!("{}: changed on disk while being served; taking a new snapshot", self.current.path.display());
+            self.reload_snapshot();
         }
     }
 
@@ -532,12 +610,6 @@ impl Server {
                         conn.write_more(&snap.header[*pos as usize..])
                     } else {
                         match conn.send_file(&snap.file, body_pos, want) {
-                            // sendfile returns 0 only when the file ends before our size:
-                            // it was truncated under us. Not "done", not "again".
-                            Ok(0) => {
-                                snap.changed.store(true, Ordering::Relaxed);
-                                return finish(s, Outcome::Cut("file shrank"));
-                            }
                             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
                                 copy_through(&mut self.scratch, conn, &snap.file, body_pos, want)
                             }
@@ -545,6 +617,13 @@ impl Server {
                         }
                     };
                     match res {
+                        // Writing to a socket never takes 0 bytes of a non-empty buffer; a 0
+                        // here is the file ending before our size (sendfile or its fallback):
+                        // it was truncated under us. Not "done", not "again".
+                        Ok(0) => {
+                            snap.changed.store(true, Ordering::Relaxed);
+                            return finish(s, Outcome::Cut("file shrank"));
+                        }
                         Ok(n) => {
                             debug_assert!(*pos + n as u64 <= *end, "wrote past the end of the response");
                             let header_part = (HEADER_LEN as u64).saturating_sub(*pos).min(n as u64);
@@ -628,6 +707,7 @@ fn finish(s: &mut Session, outcome: Outcome) -> Step {
 fn refusal_reason(st: Status) -> &'static str {
     match st {
         Status::Busy => "server busy: too many clients (at the server's limit or from your address)",
+        Status::Unavailable => "the file is being changed on the server; try again shortly",
         other => other.default_reason(),
     }
 }
@@ -670,25 +750,42 @@ fn classify(e: io::Error) -> Io {
 impl Service for Server {
     type Session = Session;
 
-    fn open(&mut self, peer: SocketAddr, now: Instant) -> Session {
+    fn open(&mut self, peer: SocketAddr, now: Instant) -> Option<Session> {
+        if self.next_open_check.is_none_or(|t| now >= t) {
+            self.next_open_check = Some(now + OPEN_CHECK_EVERY);
+            self.reload_if_changed(now);
+        }
         let peer = canonical(peer);
         let ip = peer.ip();
-        let refuse = if !self.policy.allow.is_empty() && !self.policy.allow.iter().any(|c| c.contains(ip)) {
+        let allowed = self.policy.allow.is_empty() || self.policy.allow.iter().any(|c| c.contains(ip));
+        let unavailable = self.current.is_changed() && !self.current.in_memory();
+        let mut limits = lock(&self.limits);
+        let active = limits.active;
+        let counts = limits.per_ip.entry(ip).or_default();
+        let refuse = if !allowed {
             Some(Status::Forbidden)
-        } else if self.active >= self.policy.max_clients
-            || self.per_ip.get(&ip).copied().unwrap_or(0) as usize >= self.policy.max_per_ip
-        {
+        } else if active >= self.policy.max_clients || counts.admitted as usize >= self.policy.max_per_ip {
             Some(Status::Busy)
-        } else if self.current.is_changed() && !self.current.in_memory() {
+        } else if unavailable {
             Some(Status::Unavailable)
         } else {
             None
         };
-        if refuse.is_none() {
-            self.active += 1;
-            *self.per_ip.entry(ip).or_insert(0) += 1;
+        match refuse {
+            None => {
+                counts.admitted += 1;
+                limits.active += 1;
+            }
+            Some(_) if counts.refusing >= REFUSING_PER_IP => {
+                if counts.admitted == 0 && counts.refusing == 0 {
+                    limits.per_ip.remove(&ip);
+                }
+                return None;
+            }
+            Some(_) => counts.refusing += 1,
         }
-        Session::new(self.current.clone(), peer, now, refuse)
+        drop(limits);
+        Some(Session::new(self.current.clone(), peer, now, refuse))
     }
 
     fn drive(&mut self, s: &mut Session, stream: &mut mio::net::TcpStream, budget: usize, now: Instant) -> Step {
@@ -697,6 +794,7 @@ impl Service for Server {
 
     fn timer(&mut self, s: &mut Session, stream: &mio::net::TcpStream, now: Instant) -> Timer {
         let deadline = match &s.phase {
+            Phase::Request { refuse: Some(_), .. } => s.started + self.policy.request_timeout.min(REFUSE_DEADLINE),
             Phase::Request { .. } => s.started + self.policy.request_timeout,
             Phase::Refuse { .. } | Phase::Send { .. } => {
                 if matches!(s.phase, Phase::Send { .. }) && s.snap.is_changed() && !s.snap.in_memory() {
@@ -708,7 +806,12 @@ impl Service for Server {
             Phase::Linger { until, .. } => {
                 // Everything acknowledged: the bytes are safe in the peer's buffers, and
                 // closing cannot lose them. No event says so, hence the polling.
-                if stream.unacked() == 0 || now >= *until {
+                if stream.unacked() == 0 {
+                    return Timer::Expired;
+                }
+                if now >= *until {
+                    // The peer never took the tail of what we sent.
+                    s.outcome = Outcome::TimedOut;
                     return Timer::Expired;
                 }
                 return Timer::At((now + LINGER_POLL).min(*until));
@@ -728,26 +831,31 @@ impl Service for Server {
         }
         let due = *self.next_check.get_or_insert(now);
         if now >= due {
-            if self.current.check_changed() {
-                eprintln!("{}: changed on disk while being served; taking a new snapshot", self.current.path.display());
-                self.reload_snapshot();
-            }
+            // Snapshots still in use by clients are watched too; forgotten ones are dropped.
+            self.older.retain(|w| w.upgrade().map(|s| s.check_changed()).is_some());
+            self.reload_if_changed(now);
             self.next_check = Some(now + CHANGE_CHECK_EVERY);
         }
         self.next_check
     }
 
     fn close(&mut self, s: Session, _now: Instant) {
+        let ip = s.peer.ip();
+        let mut limits = lock(&self.limits);
         if s.admitted {
-            self.active -= 1;
-            let ip = s.peer.ip();
-            if let Some(n) = self.per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_ip.remove(&ip);
-                }
+            limits.active = limits.active.saturating_sub(1);
+        }
+        if let Some(c) = limits.per_ip.get_mut(&ip) {
+            if s.admitted {
+                c.admitted = c.admitted.saturating_sub(1);
+            } else {
+                c.refusing = c.refusing.saturating_sub(1);
+            }
+            if c.admitted == 0 && c.refusing == 0 {
+                limits.per_ip.remove(&ip);
             }
         }
+        drop(limits);
         self.log(&s);
     }
 
@@ -756,8 +864,14 @@ impl Service for Server {
     }
 
     fn in_flight(&self) -> usize {
-        self.active
+        lock(&self.limits).active
     }
+}
+
+/// Locks a mutex, carrying on if another loop panicked while holding it: the data is
+/// plain counters and a pointer, never left half-updated.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`; limits, the allow
@@ -874,8 +988,10 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
     let reserve = (nofile / 4).min(64);
     let max_clients = opts.max_clients.unwrap_or(((nofile - reserve) * 7 / 8).max(1));
     let threads = opts.threads.max(1);
-    let per_thread = max_clients.div_ceil(threads);
-    let slack = (per_thread / 8).clamp(8, 1024);
+    // The limits are shared by all loops; each loop's slab is sized for all of them, since
+    // the kernel may hand any loop any share of the connections.
+    let per_thread = max_clients;
+    let slack = (max_clients / 8).clamp(8, 1024);
 
     let addrs = listen_addrs(opts)?;
     let (first, addr) = bind_first(&addrs, threads > 1)?;
@@ -885,7 +1001,7 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
         ip => ip.to_string(),
     };
     let policy = Policy {
-        max_clients: per_thread,
+        max_clients,
         max_per_ip: opts.max_per_ip,
         allow: opts.allow.clone(),
         token: opts.token.as_ref().map(|t| *blake3::hash(t.as_bytes()).as_bytes()),
@@ -893,28 +1009,36 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
         send_timeout: opts.send_timeout,
         quiet: opts.quiet,
     };
-    let shared = Arc::new(std::sync::Mutex::new(snapshot.clone()));
+    let shared = Shared::new(snapshot.clone());
     let cfg = crate::reactor::Config {
-        max_sessions: per_thread + slack,
+        max_sessions: per_thread.saturating_add(slack),
         budget: BUDGET,
         drain_timeout: opts.drain_timeout,
         signals: true,
         interactive: std::io::stdin().is_terminal(),
     };
+    // The first loop owns the signals and the prompt, and tells the others what to do.
+    let server = Server::with_shared(&shared, policy.clone());
+    let mut reactor = crate::reactor::Reactor::new(first, server, cfg.clone()).map_err(ServeError::Poll)?;
+    let leader = reactor.controller().map_err(ServeError::Poll)?;
     let mut followers = Vec::new();
     let mut handles = Vec::new();
     for _ in 1..threads {
         let listener =
             crate::reactor::bind(addr, true).map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
-        let server = Server::with_shared(shared.clone(), policy.clone());
-        let mut reactor =
+        let server = Server::with_shared(&shared, policy.clone());
+        let mut follower =
             crate::reactor::Reactor::new(listener, server, crate::reactor::Config { signals: false, ..cfg.clone() })
                 .map_err(ServeError::Poll)?;
-        followers.push(reactor.controller().map_err(ServeError::Poll)?);
-        handles.push(std::thread::spawn(move || reactor.run()));
+        followers.push(follower.controller().map_err(ServeError::Poll)?);
+        let leader = leader.clone();
+        handles.push(std::thread::spawn(move || {
+            let r = follower.run();
+            // However it ended, the leader must stop waiting for this loop.
+            leader.send(crate::reactor::Command::FollowerDone);
+            r
+        }));
     }
-    let server = Server::with_shared(shared, policy);
-    let mut reactor = crate::reactor::Reactor::new(first, server, cfg).map_err(ServeError::Poll)?;
     reactor.set_followers(followers);
     let name = opts.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "copy".into());
     // The first line is the contract with scripts and tests: the real bound address. It is
@@ -926,7 +1050,7 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
     // From here on only the sessions and the shared cell hold snapshots, so a reload
     // really lets go of the old descriptor (and a replaced file's disk space).
     drop(snapshot);
-
+    drop(shared);
     let exit = reactor.run().map_err(ServeError::Poll)?;
     for h in handles {
         match h.join() {
@@ -1067,7 +1191,7 @@ mod tests {
         let mut server = Server::new(snap, policy);
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let now = Instant::now();
-        let mut s = server.open(peer, now);
+        let mut s = server.open(peer, now).expect("admitted or refusing");
         let mut conn = Trickle::new(req, chunk);
         let mut rounds = 0;
         loop {
@@ -1119,7 +1243,7 @@ mod tests {
         std::fs::write(&path, vec![9u8; 1 << 20]).unwrap();
         let mut server = Server::new(Arc::new(Snapshot::open(&path).unwrap()), policy());
         let now = Instant::now();
-        let mut s = server.open("127.0.0.1:9".parse().unwrap(), now);
+        let mut s = server.open("127.0.0.1:9".parse().unwrap(), now).unwrap();
         // A peer that never blocks: only the budget can stop the session.
         let mut conn = Trickle::new(&req(), usize::MAX);
         conn.blocked = false;
@@ -1218,22 +1342,77 @@ mod tests {
         p.allow = vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
         let mut server = Server::new(Arc::new(Snapshot::open(&path).unwrap()), p);
         let now = Instant::now();
-        let a1 = server.open("127.0.0.1:1".parse().unwrap(), now);
-        let a2 = server.open("[::ffff:127.0.0.1]:2".parse().unwrap(), now);
-        let a3 = server.open("127.0.0.1:3".parse().unwrap(), now);
+        let mut open = |a: &str| server.open(a.parse().unwrap(), now);
+        let a1 = open("127.0.0.1:1").unwrap();
+        let a2 = open("[::ffff:127.0.0.1]:2").unwrap();
+        let a3 = open("127.0.0.1:3").unwrap();
         assert!(a1.admitted && a2.admitted && !a3.admitted, "per-address cap counts mapped addresses too");
-        let b1 = server.open("127.0.0.2:1".parse().unwrap(), now);
+        let b1 = open("127.0.0.2:1").unwrap();
         assert!(b1.admitted);
-        let b2 = server.open("127.0.0.3:1".parse().unwrap(), now);
+        let b2 = open("127.0.0.3:1").unwrap();
         assert!(!b2.admitted, "client cap");
-        let c = server.open("10.0.0.1:1".parse().unwrap(), now);
+        let c = open("10.0.0.1:1").unwrap();
         assert!(matches!(c.phase, Phase::Request { refuse: Some(Status::Forbidden), .. }));
+        // One address may hold only a few refusals in progress; past that it is dropped.
+        let mut refusing = Vec::new();
+        while let Some(r) = open("10.0.0.9:1") {
+            assert!(!r.admitted);
+            refusing.push(r);
+            assert!(refusing.len() <= REFUSING_PER_IP as usize, "refusals per address are capped");
+        }
+        assert_eq!(refusing.len(), REFUSING_PER_IP as usize);
         assert_eq!(server.in_flight(), 3);
         server.close(a1, now);
         server.close(a3, now);
         assert_eq!(server.in_flight(), 2);
-        let a4 = server.open("127.0.0.1:4".parse().unwrap(), now);
+        let a4 = server.open("127.0.0.1:4".parse().unwrap(), now).unwrap();
         assert!(a4.admitted);
+        for r in refusing {
+            server.close(r, now);
+        }
+        assert!(server.open("10.0.0.9:2".parse().unwrap(), now).is_some(), "refusal slots come back");
+    }
+
+    #[test]
+    fn truncated_file_under_the_copy_fallback_is_cut_not_spun() {
+        // A peer whose sendfile is unsupported forces the read+write fallback.
+        struct NoSendfile(Trickle);
+        impl Conn for NoSendfile {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                self.0.read(b)
+            }
+            fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                self.0.blocked = false;
+                self.0.write_vectored(bufs)
+            }
+            fn write_more(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.blocked = false;
+                self.0.write_more(b)
+            }
+            fn send_file(&mut self, _: &File, _: u64, _: usize) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            }
+            fn shutdown_write(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+            fn unacked(&self) -> usize {
+                0
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![5u8; 1 << 20]).unwrap();
+        let mut server = Server::new(Arc::new(Snapshot::open(&path).unwrap()), policy());
+        let now = Instant::now();
+        let mut s = server.open("127.0.0.1:9".parse().unwrap(), now).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1000).unwrap();
+        let mut conn = NoSendfile(Trickle::new(&req(), 1 << 16));
+        let mut turns = 0;
+        while server.step(&mut s, &mut conn, 1 << 20, now) != Step::Done {
+            turns += 1;
+            assert!(turns < 1000, "the session never ended");
+        }
+        assert!(matches!(s.outcome, Outcome::Cut("file shrank")), "{:?}", s.outcome);
     }
 
     #[test]

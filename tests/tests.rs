@@ -7,4 +7,5 @@ mod util;
 
 mod basic;
 mod faults;
+mod regressions;
 mod signals;
