@@ -1116,17 +1116,30 @@ mod tests {
         read_pos: usize,
         chunk: usize,
         blocked: bool,
+        /// Never say WouldBlock on writes: only the budget can stop a session.
+        never_block: bool,
+        /// Answer sendfile with EINVAL, as on a file it cannot handle.
+        no_sendfile: bool,
         got: Vec<u8>,
         shut: bool,
     }
 
     impl Trickle {
         fn new(request: &[u8], chunk: usize) -> Trickle {
-            Trickle { request: request.to_vec(), read_pos: 0, chunk, blocked: false, got: Vec::new(), shut: false }
+            Trickle {
+                request: request.to_vec(),
+                read_pos: 0,
+                chunk,
+                blocked: false,
+                never_block: false,
+                no_sendfile: false,
+                got: Vec::new(),
+                shut: false,
+            }
         }
 
         fn take(&mut self, data: &[u8]) -> io::Result<usize> {
-            if self.blocked {
+            if self.blocked && !self.never_block {
                 self.blocked = false;
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -1155,6 +1168,9 @@ mod tests {
             self.take(buf)
         }
         fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+            if self.no_sendfile {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
             let mut tmp = vec![0u8; len.min(self.chunk)];
             let n = file.read_at(&mut tmp, offset)?;
             if n == 0 {
@@ -1246,32 +1262,7 @@ mod tests {
         let mut s = server.open("127.0.0.1:9".parse().unwrap(), now).unwrap();
         // A peer that never blocks: only the budget can stop the session.
         let mut conn = Trickle::new(&req(), usize::MAX);
-        conn.blocked = false;
-        struct NeverBlock(Trickle);
-        impl Conn for NeverBlock {
-            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-                self.0.read(b)
-            }
-            fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-                self.0.blocked = false;
-                self.0.write_vectored(bufs)
-            }
-            fn write_more(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.blocked = false;
-                self.0.write_more(b)
-            }
-            fn send_file(&mut self, f: &File, o: u64, l: usize) -> io::Result<usize> {
-                self.0.blocked = false;
-                self.0.send_file(f, o, l)
-            }
-            fn shutdown_write(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-            fn unacked(&self) -> usize {
-                0
-            }
-        }
-        let mut conn = NeverBlock(conn);
+        conn.never_block = true;
         // The request arrives one byte per read, then WouldBlock.
         while matches!(server.step(&mut s, &mut conn, 64 * 1024, now), Step::Blocked) {}
         let mut yields = 0;
@@ -1283,7 +1274,7 @@ mod tests {
             }
         }
         assert!(yields >= 15, "only {yields} yields for 1 MiB at 64 KiB per turn");
-        assert!(conn.0.got == expected(&vec![9u8; 1 << 20]));
+        assert!(conn.got == expected(&vec![9u8; 1 << 20]));
     }
 
     #[test]
@@ -1375,30 +1366,6 @@ mod tests {
 
     #[test]
     fn truncated_file_under_the_copy_fallback_is_cut_not_spun() {
-        // A peer whose sendfile is unsupported forces the read+write fallback.
-        struct NoSendfile(Trickle);
-        impl Conn for NoSendfile {
-            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-                self.0.read(b)
-            }
-            fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-                self.0.blocked = false;
-                self.0.write_vectored(bufs)
-            }
-            fn write_more(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.blocked = false;
-                self.0.write_more(b)
-            }
-            fn send_file(&mut self, _: &File, _: u64, _: usize) -> io::Result<usize> {
-                Err(io::Error::from_raw_os_error(libc::EINVAL))
-            }
-            fn shutdown_write(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-            fn unacked(&self) -> usize {
-                0
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, vec![5u8; 1 << 20]).unwrap();
@@ -1406,7 +1373,10 @@ mod tests {
         let now = Instant::now();
         let mut s = server.open("127.0.0.1:9".parse().unwrap(), now).unwrap();
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1000).unwrap();
-        let mut conn = NoSendfile(Trickle::new(&req(), 1 << 16));
+        // A peer whose sendfile is unsupported forces the read+write fallback.
+        let mut conn = Trickle::new(&req(), 1 << 16);
+        conn.no_sendfile = true;
+        conn.never_block = true;
         let mut turns = 0;
         while server.step(&mut s, &mut conn, 1 << 20, now) != Step::Done {
             turns += 1;
