@@ -82,6 +82,11 @@ pub trait Service {
     fn close(&mut self, s: Self::Session, now: Instant);
     /// SIGHUP.
     fn reload(&mut self);
+    /// A handle that wakes this loop from another thread; the service may use it for
+    /// work it hands off (e.g. hashing a new snapshot), and is then told `woken`.
+    fn attach_waker(&mut self, _waker: std::sync::Arc<mio::Waker>) {}
+    /// The waker was used (by the service's own helpers, or to deliver a command).
+    fn woken(&mut self, _now: Instant) {}
     /// Transfers in flight, for the Ctrl+C and drain messages.
     fn in_flight(&self) -> usize;
 }
@@ -144,7 +149,6 @@ struct Slot<S> {
 /// Receives commands from another thread's reactor.
 pub struct Remote {
     rx: std::sync::mpsc::Receiver<Command>,
-    _waker: std::sync::Arc<mio::Waker>,
 }
 
 /// Sends commands to a reactor on another thread.
@@ -186,6 +190,8 @@ pub struct Reactor<S: Service> {
     accept_retry_at: Option<Instant>,
     next_sweep: Option<Instant>,
     next_tick: Option<Instant>,
+    /// Wakes this loop from other threads (commands, the service's helpers). One per Poll.
+    waker: std::sync::Arc<mio::Waker>,
 }
 
 impl<S: Service> Reactor<S> {
@@ -200,7 +206,11 @@ impl<S: Service> Reactor<S> {
         } else {
             None
         };
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), CONTROL)?);
+        let mut service = service;
+        service.attach_waker(waker.clone());
         Ok(Reactor {
+            waker,
             poll,
             events: Events::with_capacity(1024),
             listener: Some(listener),
@@ -224,10 +234,9 @@ impl<S: Service> Reactor<S> {
 
     /// Makes this reactor controllable from another thread; returns the handle to do it.
     pub fn controller(&mut self) -> io::Result<Controller> {
-        let waker = std::sync::Arc::new(mio::Waker::new(self.poll.registry(), CONTROL)?);
         let (tx, rx) = std::sync::mpsc::channel();
-        self.remote = Some(Remote { rx, _waker: waker.clone() });
-        Ok(Controller { tx, waker })
+        self.remote = Some(Remote { rx });
+        Ok(Controller { tx, waker: self.waker.clone() })
     }
 
     /// Reactors on other threads that should follow this one's signals and prompt.
@@ -279,8 +288,11 @@ impl<S: Service> Reactor<S> {
             if signal && let Some(exit) = self.on_signals(now) {
                 return Ok(exit);
             }
-            if control && let Some(exit) = self.on_commands(now) {
-                return Ok(exit);
+            if control {
+                self.service.woken(now);
+                if let Some(exit) = self.on_commands(now) {
+                    return Ok(exit);
+                }
             }
             if stdin {
                 self.on_stdin(now);

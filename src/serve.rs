@@ -390,6 +390,13 @@ pub struct Server {
     next_check: Option<Instant>,
     next_open_check: Option<Instant>,
     reload_retry_at: Option<Instant>,
+    /// A new snapshot being hashed on a helper thread while transfers are in flight.
+    /// The helper sends its result here before it wakes the loop, so a wake-up always
+    /// finds the result waiting.
+    reload_job: Option<std::sync::mpsc::Receiver<Result<Snapshot, InputError>>>,
+    /// Set while any loop's helper is hashing, so loops never hash the same file twice.
+    reloading: Arc<std::sync::atomic::AtomicBool>,
+    waker: Option<Arc<mio::Waker>>,
 }
 
 /// Clients in flight, overall and per address.
@@ -410,11 +417,12 @@ struct PerIp {
 pub struct Shared {
     snapshot: Arc<Mutex<Arc<Snapshot>>>,
     limits: Arc<Mutex<Limits>>,
+    reloading: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
     pub fn new(snapshot: Arc<Snapshot>) -> Shared {
-        Shared { snapshot: Arc::new(Mutex::new(snapshot)), limits: Arc::default() }
+        Shared { snapshot: Arc::new(Mutex::new(snapshot)), limits: Arc::default(), reloading: Arc::default() }
     }
 }
 
@@ -436,6 +444,9 @@ impl Server {
             next_check: None,
             next_open_check: None,
             reload_retry_at: None,
+            reload_job: None,
+            reloading: shared.reloading.clone(),
+            waker: None,
         }
     }
 
@@ -483,22 +494,66 @@ impl Server {
     /// Replaces the snapshot with a fresh one of the same path (SIGHUP, or the file changed).
     /// Clients in flight keep the snapshot they started on. If another event loop already
     /// took a newer snapshot, this one adopts it instead of hashing the file again.
+    ///
+    /// Hashing reads the whole file. With transfers in flight it runs on a helper thread,
+    /// so they keep moving, and the result is picked up when the helper wakes the loop.
+    /// An idle server hashes at once: nobody waits but the next client, who then gets the
+    /// new version instead of a refusal.
     pub fn reload_snapshot(&mut self) {
-        let cell = self.shared.clone();
-        let mut shared = lock(&cell);
-        let newest = shared.clone();
-        if !Arc::ptr_eq(&newest, &self.current) {
-            self.retire(newest);
+        if self.adopt_newer() || self.reload_job.is_some() {
             return;
         }
         let path = self.current.path.clone();
-        match Snapshot::open(&path) {
+        let idle = lock(&self.limits).active == 0;
+        match &self.waker {
+            Some(waker) if !idle => {
+                if self.reloading.swap(true, Ordering::AcqRel) {
+                    return; // another loop is hashing it; we adopt its result
+                }
+                let waker = waker.clone();
+                let (tx, rx) = std::sync::mpsc::channel();
+                self.reload_job = Some(rx);
+                std::thread::spawn(move || {
+                    let _ = tx.send(Snapshot::open(&path));
+                    let _ = waker.wake();
+                });
+            }
+            _ => {
+                let r = Snapshot::open(&path);
+                self.install(r);
+            }
+        }
+    }
+
+    /// Picks up a finished helper's snapshot, if any.
+    fn poll_reload(&mut self) {
+        let Some(job) = &self.reload_job else { return };
+        let r = match job.try_recv() {
+            Ok(r) => r,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(InputError::Open {
+                path: self.current.path.clone(),
+                source: io::Error::other("hashing thread died"),
+            }),
+        };
+        self.reload_job = None;
+        self.install(r);
+        self.reloading.store(false, Ordering::Release);
+    }
+
+    /// Makes a freshly read snapshot current (and shared), or reports why there is none.
+    fn install(&mut self, r: Result<Snapshot, InputError>) {
+        match r {
             Ok(s) => {
                 let fresh = Arc::new(s);
-                *shared = fresh.clone();
-                drop(shared);
+                *lock(&self.shared) = fresh.clone();
                 self.reload_retry_at = None;
-                eprintln!("reloaded {}: {} bytes, blake3 {}", path.display(), fresh.size, encoding::hex(&fresh.digest));
+                eprintln!(
+                    "reloaded {}: {} bytes, blake3 {}",
+                    fresh.path.display(),
+                    fresh.size,
+                    encoding::hex(&fresh.digest)
+                );
                 self.retire(fresh);
             }
             Err(e) => {
@@ -513,6 +568,16 @@ impl Server {
         }
     }
 
+    /// Adopts a snapshot another loop already installed; true if there was one.
+    fn adopt_newer(&mut self) -> bool {
+        let newest = lock(&self.shared).clone();
+        if Arc::ptr_eq(&newest, &self.current) {
+            return false;
+        }
+        self.retire(newest);
+        true
+    }
+
     /// Makes `fresh` current. The old snapshot is checked once more (an in-place change
     /// followed by SIGHUP must still cut its clients) and kept watched while in use.
     fn retire(&mut self, fresh: Arc<Snapshot>) {
@@ -523,6 +588,10 @@ impl Server {
 
     /// Reloads when the file changed, unless a failed attempt asks to wait.
     fn reload_if_changed(&mut self, now: Instant) {
+        // One reload at a time, in this loop or any other.
+        if self.reload_job.is_some() || self.reloading.load(Ordering::Acquire) {
+            return;
+        }
         if self.current.check_changed() && self.reload_retry_at.is_none_or(|t| now >= t) {
             eprintln!("{}: changed on disk while being served; taking a new snapshot", self.current.path.display());
             self.reload_snapshot();
@@ -753,6 +822,8 @@ impl Service for Server {
     fn open(&mut self, peer: SocketAddr, now: Instant) -> Option<Session> {
         if self.next_open_check.is_none_or(|t| now >= t) {
             self.next_open_check = Some(now + OPEN_CHECK_EVERY);
+            self.poll_reload();
+            self.adopt_newer();
             self.reload_if_changed(now);
         }
         let peer = canonical(peer);
@@ -833,6 +904,8 @@ impl Service for Server {
         if now >= due {
             // Snapshots still in use by clients are watched too; forgotten ones are dropped.
             self.older.retain(|w| w.upgrade().map(|s| s.check_changed()).is_some());
+            self.poll_reload();
+            self.adopt_newer();
             self.reload_if_changed(now);
             self.next_check = Some(now + CHANGE_CHECK_EVERY);
         }
@@ -857,6 +930,14 @@ impl Service for Server {
         }
         drop(limits);
         self.log(&s);
+    }
+
+    fn attach_waker(&mut self, waker: Arc<mio::Waker>) {
+        self.waker = Some(waker);
+    }
+
+    fn woken(&mut self, _now: Instant) {
+        self.poll_reload();
     }
 
     fn reload(&mut self) {
