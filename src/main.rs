@@ -7,7 +7,7 @@ use argh::FromArgs;
 use xfer::exit;
 
 const EXIT_NOTE: &str = "Exit codes: 0 ok, 1 internal error, 2 usage, 3 network (resolve, connect, bind, \
-timeout, connection lost), 4 protocol or verification (bad header, size or digest mismatch), \
+timeout, connection lost), 4 protocol or verification (not an xfer server, bad header, digest mismatch), \
 5 local file (input missing or not a regular file, output directory missing, disk full), \
 6 refused by the server (not allowed, bad token, busy), 130 interrupted.";
 
