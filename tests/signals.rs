@@ -6,7 +6,7 @@
 use crate::util::*;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -277,47 +277,9 @@ impl PtyServer {
         // Close our copies of the slave, so the master reads EIO once the server is gone.
         drop(cmd);
 
-        let tty = Arc::new(Mutex::new(String::new()));
-        {
-            let mut r = File::from(master.try_clone().unwrap());
-            let sink = tty.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match r.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n])),
-                    }
-                }
-            });
-        }
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut first = true;
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if first {
-                    let _ = tx.send(line);
-                    first = false;
-                }
-            }
-        });
-        let first = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("server on a pty printed no address line; terminal:\n{}", tty.lock().unwrap());
-            }
-        };
-        let addr = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address in {first:?}: {e}"));
+        let tty = collect_text(File::from(master.try_clone().unwrap()));
+        let context = tty.clone();
+        let (addr, _) = read_banner(&mut child, move || format!("terminal:\n{}", context.lock().unwrap()));
         PtyServer { child, addr, master: File::from(master), tty }
     }
 

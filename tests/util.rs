@@ -69,52 +69,9 @@ impl Server {
     pub fn spawn(cmd: &mut Command) -> Server {
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn xfer serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let mut err = child.stderr.take().unwrap();
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match err.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n])),
-                    }
-                }
-            });
-        }
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                let mut first = true;
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if first {
-                        let _ = tx.send(line.clone());
-                        first = false;
-                    }
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        let first = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("server printed no address line; stderr:\n{}", stderr.lock().unwrap());
-            }
-        };
-        let addr = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address in {first:?}: {e}"));
+        let stderr = collect_text(child.stderr.take().unwrap());
+        let context = stderr.clone();
+        let (addr, lines) = read_banner(&mut child, move || format!("stderr:\n{}", context.lock().unwrap()));
         Server { child, addr, stdout: lines, stderr }
     }
 
@@ -214,6 +171,57 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Copies everything `r` yields into a shared string, on a thread, until EOF or an error.
+pub fn collect_text(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    });
+    text
+}
+
+/// Waits (20 s at most) for the server's first stdout line, `listening on ADDR`, and returns
+/// the address and the stdout lines, which keep being collected. On failure it kills the
+/// server and panics, with `context()` saying what the server printed elsewhere.
+pub fn read_banner(child: &mut Child, context: impl Fn() -> String) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let out = child.stdout.take().expect("server stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if sink.lock().unwrap().is_empty() {
+                let _ = tx.send(line.clone());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let first = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("server printed no address line; {}", context());
+        }
+    };
+    let addr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address in {first:?}: {e}"));
+    (addr, lines)
 }
 
 /// Runs `xfer fetch TARGET OUT EXTRA...` and returns its output; killed after 60 s.
