@@ -159,6 +159,12 @@ fn install_interrupt_cleanup() {
     });
 }
 
+/// The directory a path is in (`.` for a bare name): where the temporary file goes, and
+/// what is synced after the rename.
+fn parent_dir(out: &Path) -> &Path {
+    out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// The temporary file; removed on drop unless committed.
 struct Temp {
     path: PathBuf,
@@ -167,7 +173,7 @@ struct Temp {
 
 impl Temp {
     fn create(out: &Path) -> Result<(Temp, File), FetchError> {
-        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = parent_dir(out);
         let name = out.file_name().ok_or_else(|| FetchError::OutputIsDir(out.to_path_buf()))?;
         if !dir.is_dir() {
             return Err(FetchError::NoOutputDir(dir.to_path_buf()));
@@ -214,7 +220,7 @@ impl Temp {
             *pending = None;
             self.committed = true;
         }
-        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = parent_dir(out);
         // The rename is only durable once the directory is; a failure here is reported
         // although the file is already in place.
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))

@@ -87,7 +87,7 @@ pub trait Service {
     fn attach_waker(&mut self, _waker: std::sync::Arc<mio::Waker>) {}
     /// The waker was used (by the service's own helpers, or to deliver a command).
     fn woken(&mut self, _now: Instant) {}
-    /// Transfers in flight, for the Ctrl+C and drain messages.
+    /// Transfers in flight in the whole server, for the Ctrl+C and drain messages.
     fn in_flight(&self) -> usize;
 }
 
@@ -566,7 +566,7 @@ impl<S: Service> Reactor<S> {
     fn ask(&mut self) {
         self.state = State::Asking;
         self.broadcast(Command::Pause);
-        let n = self.in_flight_total();
+        let n = self.service.in_flight();
         eprintln!("\n^C: {n} transfer{} in flight; accepting paused", if n == 1 { "" } else { "s" });
         // Discard anything typed before the question, so it cannot answer it.
         // SAFETY: tcflush on fd 0 has no memory-safety preconditions.
@@ -659,14 +659,9 @@ impl<S: Service> Reactor<S> {
         }
     }
 
-    fn in_flight_total(&self) -> usize {
-        // Followers' counts are not visible from here; this reactor's own is what we have.
-        self.service.in_flight()
-    }
-
     /// Stops accepting for good and lets in-flight transfers finish within the deadline.
     fn drain(&mut self, now: Instant, why: &str) {
-        let n = self.in_flight_total();
+        let n = self.service.in_flight();
         eprintln!(
             "{why}: exiting: no longer accepting; waiting up to {} s for {n} transfer{} in flight",
             self.cfg.drain_timeout.as_secs_f64(),

@@ -159,6 +159,12 @@ impl Snapshot {
         self.changed.load(Ordering::Relaxed)
     }
 
+    /// Whether this snapshot can no longer be served: it is sent from a descriptor, and the
+    /// file behind it changed. (A snapshot held in memory stays exact whatever happens.)
+    pub fn is_stale(&self) -> bool {
+        self.is_changed() && !self.in_memory()
+    }
+
     /// Compares the open descriptor with the snapshot; marks and reports a change.
     /// A snapshot held in memory cannot go stale, but a change still means new clients
     /// should get a new snapshot, so it is reported all the same.
@@ -558,7 +564,7 @@ impl Server {
             }
             Err(e) => {
                 self.reload_retry_at = Some(Instant::now() + RELOAD_BACKOFF);
-                let what = if self.current.is_changed() && !self.current.in_memory() {
+                let what = if self.current.is_stale() {
                     "refusing new clients until it can be read again"
                 } else {
                     "still serving the previous version"
@@ -586,6 +592,14 @@ impl Server {
         self.older.push(Arc::downgrade(&old));
     }
 
+    /// Brings the current snapshot up to date: a helper's finished hash, another loop's
+    /// newer snapshot, or a reload if the file changed.
+    fn refresh(&mut self, now: Instant) {
+        self.poll_reload();
+        self.adopt_newer();
+        self.reload_if_changed(now);
+    }
+
     /// Reloads when the file changed, unless a failed attempt asks to wait.
     fn reload_if_changed(&mut self, now: Instant) {
         // One reload at a time, in this loop or any other.
@@ -608,11 +622,9 @@ impl Server {
                     let n = match conn.read(&mut buf[*got as usize..]) {
                         Ok(0) => return finish(s, Outcome::ClosedByPeer),
                         Ok(n) => n,
-                        Err(e) => match classify(e) {
-                            Io::Again => return Step::Blocked,
-                            Io::Retry => continue,
-                            Io::Closed => return finish(s, Outcome::ClosedByPeer),
-                            Io::Failed(e) => return finish(s, Outcome::Error(e)),
+                        Err(e) => match io_error(s, e) {
+                            Some(step) => return step,
+                            None => continue,
                         },
                     };
                     *got += n as u8;
@@ -645,12 +657,11 @@ impl Server {
                                 return self.after_last_byte(s, conn, now);
                             }
                         }
-                        Err(e) => match classify(e) {
-                            Io::Again => return Step::Blocked,
-                            Io::Retry => {}
-                            Io::Closed => return finish(s, Outcome::ClosedByPeer),
-                            Io::Failed(e) => return finish(s, Outcome::Error(e)),
-                        },
+                        Err(e) => {
+                            if let Some(step) = io_error(s, e) {
+                                return step;
+                            }
+                        }
                     }
                 }
                 Phase::Send { pos, end, offset } => {
@@ -662,7 +673,7 @@ impl Server {
                         return Step::Yield;
                     }
                     let snap = &s.snap;
-                    if snap.is_changed() && !snap.in_memory() {
+                    if snap.is_stale() {
                         return finish(s, Outcome::Cut("file changed"));
                     }
                     let body_pos = *offset + pos.saturating_sub(HEADER_LEN as u64);
@@ -701,12 +712,11 @@ impl Server {
                             budget = budget.saturating_sub(n);
                             s.last_progress = now;
                         }
-                        Err(e) => match classify(e) {
-                            Io::Again => return Step::Blocked,
-                            Io::Retry => {}
-                            Io::Closed => return finish(s, Outcome::ClosedByPeer),
-                            Io::Failed(e) => return finish(s, Outcome::Error(e)),
-                        },
+                        Err(e) => {
+                            if let Some(step) = io_error(s, e) {
+                                return step;
+                            }
+                        }
                     }
                 }
                 Phase::Linger { discarded, .. } => {
@@ -772,6 +782,17 @@ fn finish(s: &mut Session, outcome: Outcome) -> Step {
     Step::Done
 }
 
+/// What a failed read or write of the request or response means for the session:
+/// wait for readiness, end it, or (`None`, interrupted) try again now.
+fn io_error(s: &mut Session, e: io::Error) -> Option<Step> {
+    match classify(e) {
+        Io::Again => Some(Step::Blocked),
+        Io::Retry => None,
+        Io::Closed => Some(finish(s, Outcome::ClosedByPeer)),
+        Io::Failed(e) => Some(finish(s, Outcome::Error(e))),
+    }
+}
+
 /// The reason text sent with, and logged for, a refusal.
 fn refusal_reason(st: Status) -> &'static str {
     match st {
@@ -822,14 +843,12 @@ impl Service for Server {
     fn open(&mut self, peer: SocketAddr, now: Instant) -> Option<Session> {
         if self.next_open_check.is_none_or(|t| now >= t) {
             self.next_open_check = Some(now + OPEN_CHECK_EVERY);
-            self.poll_reload();
-            self.adopt_newer();
-            self.reload_if_changed(now);
+            self.refresh(now);
         }
         let peer = canonical(peer);
         let ip = peer.ip();
         let allowed = self.policy.allow.is_empty() || self.policy.allow.iter().any(|c| c.contains(ip));
-        let unavailable = self.current.is_changed() && !self.current.in_memory();
+        let unavailable = self.current.is_stale();
         let mut limits = lock(&self.limits);
         let active = limits.active;
         let counts = limits.per_ip.entry(ip).or_default();
@@ -867,13 +886,11 @@ impl Service for Server {
         let deadline = match &s.phase {
             Phase::Request { refuse: Some(_), .. } => s.started + self.policy.request_timeout.min(REFUSE_DEADLINE),
             Phase::Request { .. } => s.started + self.policy.request_timeout,
-            Phase::Refuse { .. } | Phase::Send { .. } => {
-                if matches!(s.phase, Phase::Send { .. }) && s.snap.is_changed() && !s.snap.in_memory() {
-                    s.outcome = Outcome::Cut("file changed");
-                    return Timer::Expired;
-                }
-                s.last_progress + self.policy.send_timeout
+            Phase::Send { .. } if s.snap.is_stale() => {
+                s.outcome = Outcome::Cut("file changed");
+                return Timer::Expired;
             }
+            Phase::Refuse { .. } | Phase::Send { .. } => s.last_progress + self.policy.send_timeout,
             Phase::Linger { until, .. } => {
                 // Everything acknowledged: the bytes are safe in the peer's buffers, and
                 // closing cannot lose them. No event says so, hence the polling.
@@ -904,9 +921,7 @@ impl Service for Server {
         if now >= due {
             // Snapshots still in use by clients are watched too; forgotten ones are dropped.
             self.older.retain(|w| w.upgrade().map(|s| s.check_changed()).is_some());
-            self.poll_reload();
-            self.adopt_newer();
-            self.reload_if_changed(now);
+            self.refresh(now);
             self.next_check = Some(now + CHANGE_CHECK_EVERY);
         }
         self.next_check
