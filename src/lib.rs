@@ -26,8 +26,48 @@ pub mod exit {
     pub const INTERRUPTED: i32 = 130;
 }
 
+/// Writes one message line to stderr. A failed write is ignored: a server whose log pipe
+/// closed (`| head`, a terminal that went away) keeps serving, and nothing panics.
+/// The line goes out in one write, so lines from several threads never interleave.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::say_err(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// See [`say!`]: writes to stderr in one call, ignoring failure.
+pub fn say_err(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(args.to_string().as_bytes());
+}
+
+/// Writes to stdout in one call and flushes, ignoring failure (see [`say!`]).
+pub fn say_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(args.to_string().as_bytes());
+    let _ = out.flush();
+}
+
 /// Default TCP port for both `serve` and `fetch`.
 pub const DEFAULT_PORT: u16 = 4747;
+
+/// Formats a byte count for people: `4.0 GB`, `12.5 MB`, `800 B` (decimal units).
+pub fn human_bytes(n: u64) -> String {
+    let f = n as f64;
+    if f >= 1e12 {
+        format!("{:.1} TB", f / 1e12)
+    } else if f >= 1e9 {
+        format!("{:.1} GB", f / 1e9)
+    } else if f >= 1e6 {
+        format!("{:.1} MB", f / 1e6)
+    } else if f >= 1e3 {
+        format!("{:.1} kB", f / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}
 
 /// Formats a byte rate for log lines: `762.6 MB/s` (decimal units, as network tools do).
 pub fn rate(bytes: u64, secs: f64) -> String {

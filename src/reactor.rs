@@ -24,16 +24,20 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+mod prompt;
+use prompt::{Answer, Prompt};
+
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const STDIN: Token = Token(usize::MAX - 3);
 const CONTROL: Token = Token(usize::MAX - 4);
+/// A source of the service's own (the served file's watch).
+const SERVICE: Token = Token(usize::MAX - 5);
 /// Keys at or above this are reserved for the tokens above.
 const RESERVED: usize = usize::MAX - 16;
 
@@ -69,8 +73,11 @@ pub enum Timer {
 /// What the reactor drives: the per-connection logic of one service.
 pub trait Service {
     type Session;
-    /// A connection from `peer` was accepted. `None`: close it at once, unanswered.
+    /// A connection from `peer` was accepted. `None`: answer it at once with `reject`.
     fn open(&mut self, peer: SocketAddr, now: Instant) -> Option<Self::Session>;
+    /// Answers a connection that gets no session (declined by `open`, or the loop is out
+    /// of room) in one non-blocking go; the reactor closes it right after.
+    fn reject(&mut self, stream: &mut TcpStream, peer: SocketAddr, now: Instant);
     /// Make progress on the session's socket, moving at most about `budget` bytes.
     fn drive(&mut self, s: &mut Self::Session, stream: &mut TcpStream, budget: usize, now: Instant) -> Step;
     /// The session's next deadline, or that it has passed. Gets the socket, because some
@@ -82,11 +89,26 @@ pub trait Service {
     fn close(&mut self, s: Self::Session, now: Instant);
     /// SIGHUP.
     fn reload(&mut self);
-    /// A handle that wakes this loop from another thread; the service may use it for
-    /// work it hands off (e.g. hashing a new snapshot), and is then told `woken`.
-    fn attach_waker(&mut self, _waker: std::sync::Arc<mio::Waker>) {}
+    /// Called once before the loop runs. The service may register a source of its own
+    /// with `token` (its readiness then calls `event`), and keep `waker` to wake this loop
+    /// from work it hands off to other threads (it is then told `woken`).
+    fn attach(
+        &mut self,
+        _registry: &mio::Registry,
+        _token: Token,
+        _waker: std::sync::Arc<mio::Waker>,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+    /// The service's own source is ready. Returns when it wants its `tick`, if sooner.
+    fn event(&mut self, _now: Instant) -> Option<Instant> {
+        None
+    }
     /// The waker was used (by the service's own helpers, or to deliver a command).
     fn woken(&mut self, _now: Instant) {}
+    /// The Ctrl+C question opened (true) or closed: new connections are still accepted,
+    /// and the service tells them to come back later.
+    fn pause(&mut self, _paused: bool) {}
     /// Transfers in flight in the whole server, for the Ctrl+C and drain messages.
     fn in_flight(&self) -> usize;
 }
@@ -181,7 +203,7 @@ pub struct Reactor<S: Service> {
     /// Followers that have not reported `FollowerDone` yet; the controlling loop waits for
     /// them before it returns, so it keeps handling signals while they drain.
     followers_left: usize,
-    stdin_registered: bool,
+    prompt: Prompt,
     /// "Pausing new connections" was logged for the current shortage of descriptors.
     accept_pause_logged: bool,
     /// The listener has (or may have) connections waiting.
@@ -208,7 +230,7 @@ impl<S: Service> Reactor<S> {
         };
         let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), CONTROL)?);
         let mut service = service;
-        service.attach_waker(waker.clone());
+        service.attach(poll.registry(), SERVICE, waker.clone())?;
         Ok(Reactor {
             waker,
             poll,
@@ -223,7 +245,7 @@ impl<S: Service> Reactor<S> {
             remote: None,
             followers: Vec::new(),
             followers_left: 0,
-            stdin_registered: false,
+            prompt: Prompt::new(),
             accept_pause_logged: false,
             accept_pending: true,
             accept_retry_at: None,
@@ -267,13 +289,14 @@ impl<S: Service> Reactor<S> {
                 return Err(e);
             }
             let now = Instant::now();
-            let (mut signal, mut stdin, mut control) = (false, false, false);
+            let (mut signal, mut stdin, mut control, mut service) = (false, false, false, false);
             for event in self.events.iter() {
                 match event.token() {
                     LISTENER => self.accept_pending = true,
                     SIGNALS => signal = true,
                     STDIN => stdin = true,
                     CONTROL => control = true,
+                    SERVICE => service = true,
                     Token(key) => {
                         // A key with no slot is a stale event for a freed session: ignore it.
                         if let Some(slot) = self.slab.get_mut(key)
@@ -297,6 +320,11 @@ impl<S: Service> Reactor<S> {
             if stdin {
                 self.on_stdin(now);
             }
+            // Before accepting: a change to the served file seen in this batch applies to
+            // the clients accepted in it.
+            if service && let Some(t) = self.service.event(now) {
+                self.next_tick = Some(self.next_tick.map_or(t, |n| n.min(t)));
+            }
             if self.accept_pending && self.may_accept(now) {
                 self.accept(now)?;
             }
@@ -310,7 +338,11 @@ impl<S: Service> Reactor<S> {
                 }
                 if now >= deadline {
                     if !self.slab.is_empty() {
-                        eprintln!("drain deadline passed: closing {} unfinished transfer(s)", self.slab.len());
+                        let n = self.slab.len();
+                        crate::say!(
+                            "drain deadline passed: closing {n} unfinished transfer{}",
+                            if n == 1 { "" } else { "s" }
+                        );
                     }
                     self.close_all(now);
                     // The other loops passed the same deadline; make sure they stop.
@@ -321,8 +353,12 @@ impl<S: Service> Reactor<S> {
         }
     }
 
+    /// Connections are accepted while the question is open too: they are told to come
+    /// back, rather than left to time out in the backlog.
     fn may_accept(&self, now: Instant) -> bool {
-        self.state == State::Accepting && self.listener.is_some() && self.accept_retry_at.is_none_or(|t| now >= t)
+        !matches!(self.state, State::Draining { .. })
+            && self.listener.is_some()
+            && self.accept_retry_at.is_none_or(|t| now >= t)
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
@@ -330,7 +366,11 @@ impl<S: Service> Reactor<S> {
             State::Draining { deadline } => Some(deadline),
             _ => None,
         };
-        let retry = if self.accept_pending && self.state == State::Accepting { self.accept_retry_at } else { None };
+        let retry = if self.accept_pending && !matches!(self.state, State::Draining { .. }) {
+            self.accept_retry_at
+        } else {
+            None
+        };
         [self.next_sweep, self.next_tick, drain, retry].into_iter().flatten().min()
     }
 
@@ -357,7 +397,7 @@ impl<S: Service> Reactor<S> {
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
                             if !self.accept_pause_logged {
                                 self.accept_pause_logged = true;
-                                eprintln!("xfer: accept: {e}; pausing new connections");
+                                crate::say!("xfer: accept: {e}; pausing new connections");
                             }
                             self.accept_retry_at = Some(now + ACCEPT_RETRY);
                             return Ok(());
@@ -376,7 +416,7 @@ impl<S: Service> Reactor<S> {
                             | libc::EOPNOTSUPP
                             | libc::ENETUNREACH
                             | libc::ETIMEDOUT,
-                        ) => eprintln!("xfer: accept: {e}; skipped"),
+                        ) => crate::say!("xfer: accept: {e}; skipped"),
                         _ => return Err(e),
                     },
                 },
@@ -389,10 +429,14 @@ impl<S: Service> Reactor<S> {
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
         if self.slab.len() >= self.cfg.max_sessions.min(RESERVED) {
-            // Over the hard cap even for refusals: closing at once is the cheapest answer.
+            // Over the hard cap even for refusals: an answer in one go, then close.
+            self.service.reject(&mut stream, peer, now);
             return;
         }
-        let Some(mut session) = self.service.open(peer, now) else { return };
+        let Some(mut session) = self.service.open(peer, now) else {
+            self.service.reject(&mut stream, peer, now);
+            return;
+        };
         // Under load the request is usually there already. Drive the session before
         // registering it: a small file then costs accept, read, write, close, and never
         // touches epoll. Registering afterwards loses nothing, because epoll reports the
@@ -411,7 +455,7 @@ impl<S: Service> Reactor<S> {
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
         {
-            eprintln!("xfer: register {peer}: {e}; dropped");
+            crate::say!("xfer: register {peer}: {e}; dropped");
             drop(stream);
             self.service.close(session, now);
             return;
@@ -519,14 +563,9 @@ impl<S: Service> Reactor<S> {
                     self.service.reload();
                     self.broadcast(Command::Reload);
                 }
-                (SIGINT, State::Accepting) if self.cfg.interactive && in_foreground() => self.ask(),
-                (SIGINT, State::Asking) => {
-                    eprintln!("\ninterrupted again: exiting now");
-                    self.broadcast(Command::Exit);
-                    return Some(Exit::Interrupted);
-                }
-                (_, State::Draining { .. }) => {
-                    eprintln!("interrupted again: exiting now");
+                (SIGINT, State::Accepting) if self.cfg.interactive && Prompt::can_ask() => self.ask(),
+                (SIGINT, State::Asking) | (_, State::Draining { .. }) => {
+                    self.prompt.tell("interrupted again: exiting now");
                     self.broadcast(Command::Exit);
                     return Some(Exit::Interrupted);
                 }
@@ -546,10 +585,13 @@ impl<S: Service> Reactor<S> {
         };
         for c in cmds {
             match c {
-                Command::Pause if self.state == State::Accepting => self.state = State::Paused,
+                Command::Pause if self.state == State::Accepting => {
+                    self.state = State::Paused;
+                    self.service.pause(true);
+                }
                 Command::Resume if self.state == State::Paused => {
                     self.state = State::Accepting;
-                    self.accept_pending = true;
+                    self.service.pause(false);
                 }
                 Command::Drain => self.start_drain(now),
                 Command::Exit => return Some(Exit::Interrupted),
@@ -561,112 +603,56 @@ impl<S: Service> Reactor<S> {
         None
     }
 
-    /// Ctrl+C on a terminal: pause accepting and ask, without blocking the loop. The answer
-    /// arrives as a readiness event on stdin.
+    /// Ctrl+C on a terminal: ask, without blocking the loop. New clients meanwhile are
+    /// told to come back. The answer arrives as a readiness event on stdin.
     fn ask(&mut self) {
         self.state = State::Asking;
+        self.service.pause(true);
         self.broadcast(Command::Pause);
         let n = self.service.in_flight();
-        eprintln!("\n^C: {n} transfer{} in flight; accepting paused", if n == 1 { "" } else { "s" });
-        // Discard anything typed before the question, so it cannot answer it.
-        // SAFETY: tcflush on fd 0 has no memory-safety preconditions.
-        unsafe {
-            libc::tcflush(0, libc::TCIFLUSH);
+        let status = format!("paused (Ctrl+C): {} in flight; new clients are told to retry", transfers(n));
+        if let Err(e) = self.prompt.ask(self.poll.registry(), STDIN, &status) {
+            // Cannot wait for an answer: behave as without a terminal.
+            crate::say!("xfer: cannot read the answer ({e}); exiting after in-flight transfers");
+            self.drain(Instant::now(), "SIGINT");
         }
-        self.prompt();
-        let registry = self.poll.registry();
-        let res = if self.stdin_registered {
-            registry.reregister(&mut SourceFd(&0), STDIN, Interest::READABLE)
-        } else {
-            registry.register(&mut SourceFd(&0), STDIN, Interest::READABLE)
-        };
-        match res {
-            Ok(()) => self.stdin_registered = true,
-            Err(e) => {
-                // Cannot wait for an answer: behave as without a terminal.
-                eprintln!("xfer: cannot read the answer ({e}); exiting after in-flight transfers");
-                self.drain(Instant::now(), "SIGINT");
-            }
-        }
-    }
-
-    fn prompt(&self) {
-        use std::io::Write;
-        let mut err = io::stderr();
-        let _ = err.write_all(b"continue listening or exit? [c/e] ");
-        let _ = err.flush();
     }
 
     fn on_stdin(&mut self, now: Instant) {
         if self.state != State::Asking {
             return;
         }
-        // The event may be stale (e.g. input flushed when the question was asked): look
-        // before reading, since a blocking read here would freeze every transfer.
-        let mut pfd = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, zero timeout.
-        if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
-            self.rearm_stdin();
-            return;
-        }
-        let mut buf = [0u8; 256];
-        // poll said readable, so this read returns at once (a terminal in canonical mode
-        // reports readable when a whole line is there).
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
-                self.rearm_stdin();
-                return;
+        match self.prompt.read(self.poll.registry(), STDIN) {
+            Answer::Pending => {}
+            Answer::Continue => {
+                self.prompt.tell("resumed: accepting new clients again");
+                self.state = State::Accepting;
+                self.accept_pending = true;
+                self.service.pause(false);
+                self.broadcast(Command::Resume);
             }
-            eprintln!("\nxfer: reading the answer: {e}; exiting after in-flight transfers");
-            self.drain(now, "SIGINT");
-            return;
-        }
-        if n == 0 {
-            eprintln!();
-            self.drain(now, "end of input");
-            return;
-        }
-        let text = String::from_utf8_lossy(&buf[..n as usize]).to_ascii_lowercase();
-        for line in text.lines() {
-            match line.trim() {
-                "c" | "continue" | "y" | "yes" => {
-                    eprintln!("resuming: accepting again");
-                    self.state = State::Accepting;
-                    self.accept_pending = true;
-                    self.broadcast(Command::Resume);
-                    return;
-                }
-                "e" | "exit" | "q" | "quit" => {
-                    self.drain(now, "your answer");
-                    return;
-                }
-                _ => {}
+            Answer::Exit => self.drain(now, "exit requested"),
+            Answer::Eof => self.drain(now, "end of input"),
+            Answer::Failed(e) => {
+                crate::say!("xfer: reading the answer: {e}; exiting after in-flight transfers");
+                self.drain(now, "SIGINT");
             }
-        }
-        eprint!("please answer c (continue listening) or e (exit). ");
-        self.prompt();
-        self.rearm_stdin();
-    }
-
-    /// Re-arms the edge-triggered stdin registration, so a line already waiting is reported.
-    fn rearm_stdin(&mut self) {
-        if let Err(e) = self.poll.registry().reregister(&mut SourceFd(&0), STDIN, Interest::READABLE) {
-            eprintln!("xfer: cannot read the answer ({e}); exiting after in-flight transfers");
-            self.drain(Instant::now(), "SIGINT");
         }
     }
 
     /// Stops accepting for good and lets in-flight transfers finish within the deadline.
     fn drain(&mut self, now: Instant, why: &str) {
         let n = self.service.in_flight();
-        eprintln!(
-            "{why}: exiting: no longer accepting; waiting up to {} s for {n} transfer{} in flight",
-            self.cfg.drain_timeout.as_secs_f64(),
-            if n == 1 { "" } else { "s" },
-        );
+        if n == 0 {
+            self.prompt.tell(&format!("{why}: no transfers in flight; exiting"));
+        } else {
+            self.prompt.tell(&format!(
+                "{why}: no longer accepting; exiting when {} in flight {} (at most {} s)",
+                transfers(n),
+                if n == 1 { "finishes" } else { "finish" },
+                self.cfg.drain_timeout.as_secs_f64(),
+            ));
+        }
         self.broadcast(Command::Drain);
         self.start_drain(now);
     }
@@ -675,42 +661,73 @@ impl<S: Service> Reactor<S> {
         if matches!(self.state, State::Draining { .. }) {
             return;
         }
-        if self.stdin_registered {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&0));
-            self.stdin_registered = false;
-        }
+        self.prompt.close(self.poll.registry());
         // Closing the listener makes new connects fail at once instead of waiting in a
         // backlog nobody will accept from.
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        self.service.pause(false);
         self.state = State::Draining { deadline: now + self.cfg.drain_timeout };
     }
 }
 
-/// Whether this process is in the terminal's foreground: only then may it ask there. A
-/// background job touching the terminal is stopped by SIGTTOU, and its transfers with it.
-fn in_foreground() -> bool {
-    // SAFETY: plain queries with no memory arguments.
-    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
+/// "1 transfer", "3 transfers".
+fn transfers(n: usize) -> String {
+    format!("{n} transfer{}", if n == 1 { "" } else { "s" })
 }
 
 /// A non-blocking listener on `addr`. IPv6 unspecified is made dual-stack explicitly
-/// (the system default may say otherwise); `reuse_port` lets several loops share a port.
-pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// (the system default may say otherwise).
+///
+/// Never SO_REUSEPORT: with it, a second server on the same port would bind too and take
+/// a share of the clients, serving them another file. Several loops of one server share
+/// this one socket instead (`try_clone`); each accepts until WouldBlock.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         socket.set_only_v6(false)?;
     }
     // A restarted server must not wait for old connections' TIME_WAIT to bind again.
+    // (On Linux this never lets two listeners share a port.)
     socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    Ok(TcpListener::from_std(socket.into()))
+    Ok(socket.into())
+}
+
+/// The socket addresses a target names, in the order the system prefers: an address as it
+/// is, a zone turned into its interface number, a name looked up. `default_port` applies
+/// when the target names none.
+pub fn resolve(target: &crate::encoding::target::Target, default_port: u16) -> io::Result<Vec<SocketAddr>> {
+    use crate::encoding::target::Host;
+    use std::net::{SocketAddrV6, ToSocketAddrs};
+    let port = target.port.unwrap_or(default_port);
+    match &target.host {
+        Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
+        Host::Scoped(v6, zone) => {
+            let scope = match zone.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => {
+                    let name = std::ffi::CString::new(zone.as_str()).map_err(io::Error::other)?;
+                    // SAFETY: name is a valid NUL-terminated string for the call.
+                    unsafe { libc::if_nametoindex(name.as_ptr()) }
+                }
+            };
+            if scope == 0 {
+                return Err(io::Error::new(io::ErrorKind::NotFound, format!("no network interface `{zone}`")));
+            }
+            Ok(vec![SocketAddr::V6(SocketAddrV6::new(*v6, port, 0, scope))])
+        }
+        Host::Name(name) => {
+            let addrs: Vec<SocketAddr> = (name.as_str(), port).to_socket_addrs()?.collect();
+            if addrs.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "the name has no addresses"));
+            }
+            Ok(addrs)
+        }
+    }
 }
 
 /// Raises the soft open-file limit to the hard limit, as servers that hold many

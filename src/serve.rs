@@ -30,6 +30,8 @@ use thiserror::Error;
 use crate::encoding::{self, DecodeError, Decoded, Digest, HEADER_LEN, MAX_REASON, REQUEST_LEN, Status};
 use crate::reactor::{Service, Step, Timer};
 
+pub mod watch;
+
 /// Files up to this size are held in memory: header and body then leave in one `writev`,
 /// and the snapshot is immune to the file changing on disk.
 pub const MEMORY_MAX: u64 = 256 * 1024;
@@ -72,18 +74,38 @@ pub enum InputError {
     Unstable { path: PathBuf },
 }
 
-/// What identifies one version of a file's contents, as far as `fstat` can tell. Not the
-/// ctime: replacing the file by rename unlinks the old inode, which moves its ctime while
-/// its bytes stay exactly as they were, and those are what in-flight clients still get.
+/// What `fstat` can tell of one version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Identity {
     size: u64,
     mtime: (i64, i64),
+    ctime: (i64, i64),
+    inode: (u64, u64),
+    nlink: u64,
 }
 
 impl Identity {
     fn of(m: &std::fs::Metadata) -> Identity {
-        Identity { size: m.size(), mtime: (m.mtime(), m.mtime_nsec()) }
+        Identity {
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            inode: (m.dev(), m.ino()),
+            nlink: m.nlink(),
+        }
+    }
+
+    /// Whether the bytes may differ from `self`'s. Size and mtime say so for most writers;
+    /// one that puts the mtime back (`rsync --inplace -t`, `touch -d`) still moves the
+    /// ctime, which only the kernel sets. But the ctime also moves when a rename replaces
+    /// the file (its link count drops) or it is renamed or chmod-ed, none of which touch
+    /// its bytes. So `by_ctime` is used only where inotify cannot tell us of writes: a
+    /// ctime change with the link count unchanged then counts as a change (a chmod or a
+    /// rename of the served file itself costs its clients a cut, never a wrong byte).
+    fn differs(&self, now: &Identity, by_ctime: bool) -> bool {
+        self.size != now.size
+            || self.mtime != now.mtime
+            || (by_ctime && self.ctime != now.ctime && self.nlink == now.nlink)
     }
 }
 
@@ -105,6 +127,11 @@ impl Snapshot {
     /// Opens, checks and hashes the file. Refuses anything but a regular file before opening
     /// it (opening a FIFO would block), and re-reads if the file changes while being hashed.
     pub fn open(path: &Path) -> Result<Snapshot, InputError> {
+        Snapshot::open_with(path, &mut |_, _| {})
+    }
+
+    /// [`Snapshot::open`], telling `progress(hashed, size)` as the hashing goes.
+    pub fn open_with(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Snapshot, InputError> {
         let open_err = |source| InputError::Open { path: path.to_path_buf(), source };
         let meta = std::fs::metadata(path).map_err(open_err)?;
         check_regular(path, &meta)?;
@@ -116,11 +143,11 @@ impl Snapshot {
             let before = file.metadata().map_err(open_err)?;
             check_regular(path, &before)?;
             let identity = Identity::of(&before);
-            let Some((digest, memory)) = hash_file(&file, identity.size).map_err(open_err)? else {
+            let Some((digest, memory)) = hash_file(&file, identity.size, progress).map_err(open_err)? else {
                 continue; // shrank while being read
             };
             let after = Identity::of(&file.metadata().map_err(open_err)?);
-            if after != identity {
+            if identity.differs(&after, true) {
                 continue;
             }
             return Ok(Snapshot {
@@ -165,10 +192,11 @@ impl Snapshot {
         self.is_changed() && !self.in_memory()
     }
 
-    /// Compares the open descriptor with the snapshot; marks and reports a change.
-    /// A snapshot held in memory cannot go stale, but a change still means new clients
-    /// should get a new snapshot, so it is reported all the same.
-    pub fn check_changed(&self) -> bool {
+    /// Compares the open descriptor with the snapshot; marks and reports a change (see
+    /// [`Identity::differs`] for `by_ctime`). A snapshot held in memory cannot go stale,
+    /// but a change still means new clients should get a new snapshot, so it is reported
+    /// all the same.
+    pub fn check_changed(&self, by_ctime: bool) -> bool {
         if self.is_changed() {
             return true;
         }
@@ -176,11 +204,21 @@ impl Snapshot {
             Ok(m) => Identity::of(&m),
             Err(_) => return false,
         };
-        if now != self.identity {
-            self.changed.store(true, Ordering::Relaxed);
+        if self.identity.differs(&now, by_ctime) {
+            self.mark_changed();
             return true;
         }
         false
+    }
+
+    /// Records that the file's bytes were changed under this snapshot (a write was seen).
+    pub fn mark_changed(&self) {
+        self.changed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `path` still names this snapshot's file (not another file renamed over it).
+    fn is_at(&self, path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity.inode)
     }
 }
 
@@ -210,7 +248,7 @@ fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<(), InputError
 /// A digest, and the bytes when they are kept in memory.
 type Hashed = (Digest, Option<Box<[u8]>>);
 
-fn hash_file(file: &File, size: u64) -> io::Result<Option<Hashed>> {
+fn hash_file(file: &File, size: u64, progress: &mut dyn FnMut(u64, u64)) -> io::Result<Option<Hashed>> {
     let mut hasher = blake3::Hasher::new();
     if size <= MEMORY_MAX {
         let mut buf = vec![0u8; size as usize];
@@ -229,6 +267,7 @@ fn hash_file(file: &File, size: u64) -> io::Result<Option<Hashed>> {
         }
         hasher.update(&buf[..n]);
         off += n as u64;
+        progress(off, size);
     }
     Ok(Some((*hasher.finalize().as_bytes(), None)))
 }
@@ -299,6 +338,51 @@ impl Conn for mio::net::TcpStream {
     }
 }
 
+/// Why a client is refused: the server's verdict, which the protocol turns into its own
+/// answer (a refusal header with a status and a reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its address is not in `--allow`.
+    Forbidden,
+    BadToken,
+    /// The server is at `--max-clients`.
+    Busy,
+    /// Its address is at `--max-per-ip`.
+    BusyFromYou,
+    /// No good snapshot: the file is being changed.
+    Changing,
+    /// The Ctrl+C question is open.
+    Paused,
+    BadRequest,
+    UnsupportedVersion,
+    BadOffset,
+}
+
+impl Refusal {
+    pub fn status(self) -> Status {
+        match self {
+            Refusal::Forbidden => Status::Forbidden,
+            Refusal::BadToken => Status::BadToken,
+            Refusal::Busy | Refusal::BusyFromYou => Status::Busy,
+            Refusal::Changing | Refusal::Paused => Status::Unavailable,
+            Refusal::BadRequest => Status::BadRequest,
+            Refusal::UnsupportedVersion => Status::UnsupportedVersion,
+            Refusal::BadOffset => Status::BadOffset,
+        }
+    }
+
+    /// The text the client is shown, and the server logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Busy => "server busy: at its limit of clients; try again later",
+            Refusal::BusyFromYou => "server busy: too many clients from your address; try again later",
+            Refusal::Changing => "the file is being changed on the server; try again shortly",
+            Refusal::Paused => "server paused; try again shortly",
+            other => other.status().default_reason(),
+        }
+    }
+}
+
 /// How a transfer ended, for the log line.
 #[derive(Debug)]
 pub enum Outcome {
@@ -307,7 +391,7 @@ pub enum Outcome {
     Complete,
     ClosedByPeer,
     TimedOut,
-    Refused(Status),
+    Refused(Refusal),
     /// Stopped on purpose: the file changed, or the server is exiting.
     Cut(&'static str),
     /// Not our protocol.
@@ -319,9 +403,9 @@ pub enum Outcome {
 enum Phase {
     /// Reading the fixed-size request. A refusal decided at accept time (not allowed,
     /// busy) waits here too: the request is read first so closing never resets the peer.
-    Request { buf: [u8; REQUEST_LEN], got: u8, refuse: Option<Status> },
+    Request { buf: [u8; REQUEST_LEN], got: u8, refuse: Option<Refusal> },
     /// Writing a refusal header and reason; `sent` bytes are out.
-    Refuse { status: Status, sent: u16 },
+    Refuse { why: Refusal, sent: u16 },
     /// Writing header then body; `pos` counts response bytes sent, `end` is the total.
     Send { pos: u64, end: u64, offset: u64 },
     /// Everything is sent and our side is shut down; discarding what the peer still sends
@@ -344,7 +428,7 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(snap: Arc<Snapshot>, peer: SocketAddr, now: Instant, refuse: Option<Status>) -> Session {
+    fn new(snap: Arc<Snapshot>, peer: SocketAddr, now: Instant, refuse: Option<Refusal>) -> Session {
         Session {
             snap,
             phase: Phase::Request { buf: [0; REQUEST_LEN], got: 0, refuse },
@@ -370,6 +454,7 @@ impl Session {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub max_clients: usize,
+    /// Clients at once from one address; `usize::MAX` for no limit.
     pub max_per_ip: usize,
     pub allow: Vec<Cidr>,
     /// BLAKE3 of the shared token, when one is required.
@@ -396,14 +481,36 @@ pub struct Server {
     next_check: Option<Instant>,
     next_open_check: Option<Instant>,
     reload_retry_at: Option<Instant>,
+    /// The last reload failure logged, so a file that stays missing is not logged anew
+    /// at every retry.
+    last_reload_error: Option<String>,
     /// A new snapshot being hashed on a helper thread while transfers are in flight.
     /// The helper sends its result here before it wakes the loop, so a wake-up always
     /// finds the result waiting.
     reload_job: Option<std::sync::mpsc::Receiver<Result<Snapshot, InputError>>>,
     /// Set while any loop's helper is hashing, so loops never hash the same file twice.
-    reloading: Arc<std::sync::atomic::AtomicBool>,
+    reloading: Arc<AtomicBool>,
+    /// Set while some loop watches the path with inotify: writes are then seen as they
+    /// happen, and the ctime need not stand in for them.
+    watching: Arc<AtomicBool>,
     waker: Option<Arc<mio::Waker>>,
+    /// inotify on the served path (one loop has it; see [`Server::watch`]).
+    watch: Option<watch::Watch>,
+    /// Inode watches and the snapshots on them.
+    watched: Vec<(i32, Weak<Snapshot>)>,
+    /// A change was seen: take a new snapshot at `.0`. Events in a burst (a file being
+    /// written) push it back by RELOAD_SETTLE, but never past `.1`.
+    reload_due: Option<(Instant, Instant)>,
+    /// The Ctrl+C question is open: new clients are told to come back.
+    paused: bool,
+    /// Why `open` just declined a connection, for the `reject` that follows.
+    rejecting: Option<Refusal>,
 }
+
+/// After a change is seen, wait this long for the writer to finish before hashing.
+const RELOAD_SETTLE: Duration = Duration::from_millis(100);
+/// ... but never longer than this after the first change of a burst.
+const RELOAD_SETTLE_MAX: Duration = Duration::from_secs(1);
 
 /// Clients in flight, overall and per address.
 #[derive(Debug, Default)]
@@ -423,12 +530,18 @@ struct PerIp {
 pub struct Shared {
     snapshot: Arc<Mutex<Arc<Snapshot>>>,
     limits: Arc<Mutex<Limits>>,
-    reloading: Arc<std::sync::atomic::AtomicBool>,
+    reloading: Arc<AtomicBool>,
+    watching: Arc<AtomicBool>,
 }
 
 impl Shared {
     pub fn new(snapshot: Arc<Snapshot>) -> Shared {
-        Shared { snapshot: Arc::new(Mutex::new(snapshot)), limits: Arc::default(), reloading: Arc::default() }
+        Shared {
+            snapshot: Arc::new(Mutex::new(snapshot)),
+            limits: Arc::default(),
+            reloading: Arc::default(),
+            watching: Arc::default(),
+        }
     }
 }
 
@@ -450,9 +563,16 @@ impl Server {
             next_check: None,
             next_open_check: None,
             reload_retry_at: None,
+            last_reload_error: None,
             reload_job: None,
             reloading: shared.reloading.clone(),
+            watching: shared.watching.clone(),
             waker: None,
+            watch: None,
+            watched: Vec::new(),
+            reload_due: None,
+            paused: false,
+            rejecting: None,
         }
     }
 
@@ -460,16 +580,115 @@ impl Server {
         &self.current
     }
 
+    /// Gives this loop the inotify watch on the served path (started before the first
+    /// snapshot was hashed, so no write after the hash goes unseen). Only one loop of a
+    /// server watches; the others adopt its snapshots.
+    pub fn watch(&mut self, mut w: watch::Watch) {
+        self.watching.store(true, Ordering::Release);
+        let snap = self.current.clone();
+        self.watch_inode(&mut w, &snap, Instant::now());
+        self.watch = Some(w);
+    }
+
+    /// Adds the inode watch for a new snapshot, and makes sure nothing slipped through
+    /// between its hash and the watch: the path must still name it, unchanged.
+    fn watch_inode(&mut self, w: &mut watch::Watch, snap: &Arc<Snapshot>, now: Instant) {
+        match w.watch_inode(&snap.path) {
+            Ok(wd) => self.watched.push((wd, Arc::downgrade(snap))),
+            Err(e) => crate::say!("xfer: cannot watch {}: {e}", shown(&snap.path)),
+        }
+        if !snap.is_at(&snap.path) || snap.check_changed(true) {
+            self.want_reload(now);
+        }
+    }
+
+    /// Whether the ctime has to stand in for inotify (see [`Identity::differs`]).
+    fn by_ctime(&self) -> bool {
+        !self.watching.load(Ordering::Acquire)
+    }
+
+    /// Reads what inotify has to say and acts on it: a write marks the snapshots of that
+    /// inode changed (their clients are cut; new clients wait for a new snapshot), and any
+    /// change asks for a new snapshot once the writer is done.
+    fn apply_events(&mut self, now: Instant) {
+        let Some(w) = &mut self.watch else { return };
+        let mut events = Vec::new();
+        w.read(&mut events);
+        for e in events {
+            match e {
+                watch::Event::Modified(wd) => {
+                    self.on_inode(wd, |s| s.mark_changed());
+                    self.want_reload(now);
+                }
+                watch::Event::Attrib(wd) | watch::Event::ClosedWrite(wd) => {
+                    let by_ctime = self.by_ctime();
+                    let mut changed = false;
+                    self.on_inode(wd, |s| changed |= s.check_changed(by_ctime));
+                    if changed || matches!(e, watch::Event::ClosedWrite(_)) && self.current.is_changed() {
+                        self.want_reload(now);
+                    }
+                }
+                watch::Event::Gone(wd) => self.watched.retain(|(w, _)| *w != wd),
+                watch::Event::PathChanged => {
+                    if !self.current.is_at(&self.current.path) {
+                        self.want_reload(now);
+                    }
+                }
+                watch::Event::Overflow => {
+                    for (_, s) in &self.watched {
+                        if let Some(s) = s.upgrade() {
+                            s.check_changed(true);
+                        }
+                    }
+                    self.want_reload(now);
+                }
+            }
+        }
+    }
+
+    fn on_inode(&self, wd: i32, mut f: impl FnMut(&Snapshot)) {
+        for (w, s) in &self.watched {
+            if *w == wd
+                && let Some(s) = s.upgrade()
+            {
+                f(&s);
+            }
+        }
+    }
+
+    fn want_reload(&mut self, now: Instant) {
+        let first = self.reload_due.map_or(now, |(_, first)| first);
+        self.reload_due = Some(((now + RELOAD_SETTLE).min(first + RELOAD_SETTLE_MAX), first));
+    }
+
+    /// Drops the watches of snapshots nobody uses any more.
+    fn prune_watches(&mut self) {
+        let Some(w) = &mut self.watch else { return };
+        let mut dead = Vec::new();
+        self.watched.retain(|(wd, s)| {
+            let alive = s.strong_count() > 0;
+            if !alive {
+                dead.push(*wd);
+            }
+            alive
+        });
+        for wd in dead {
+            if !self.watched.iter().any(|(w, _)| *w == wd) {
+                w.unwatch(wd);
+            }
+        }
+    }
+
     /// Decides, from the request, what the client gets.
-    fn answer(&self, s: &Session, req: &encoding::Request) -> Result<Phase, Status> {
+    fn answer(&self, s: &Session, req: &encoding::Request) -> Result<Phase, Refusal> {
         if let Some(want) = &self.policy.token {
             match &req.token {
                 Some(got) if encoding::digest_eq(got, want) => {}
-                _ => return Err(Status::BadToken),
+                _ => return Err(Refusal::BadToken),
             }
         }
         if req.offset > s.snap.size {
-            return Err(Status::BadOffset);
+            return Err(Refusal::BadOffset);
         }
         Ok(Phase::Send { pos: 0, end: HEADER_LEN as u64 + (s.snap.size - req.offset), offset: req.offset })
     }
@@ -482,19 +701,20 @@ impl Server {
         // start and end within one.
         let secs = s.started.elapsed().as_secs_f64();
         let what = match &s.outcome {
+            Outcome::Refused(why) => return crate::say!("{} refused: {}", s.peer, why.reason()),
+            Outcome::NotXfer => return crate::say!("{} closed: not an xfer request", s.peer),
             Outcome::Unfinished => "cut (server exiting)".to_string(),
             Outcome::Complete => "complete".to_string(),
             Outcome::ClosedByPeer => "closed by peer".to_string(),
             Outcome::TimedOut => "timed out".to_string(),
-            Outcome::Refused(st) => format!("refused ({})", refusal_reason(*st)),
             Outcome::Cut(why) => format!("cut ({why})"),
-            Outcome::NotXfer => "error (not an xfer request)".to_string(),
-            Outcome::Error(e) => format!("error ({e})"),
+            Outcome::Error(e) => format!("error: {e}"),
         };
-        let line =
-            format!("{} {what}: {} bytes in {secs:.3} s ({})\n", s.peer, s.body_sent, crate::rate(s.body_sent, secs));
-        // One write per line, so lines from a busy server never interleave mid-line.
-        let _ = io::stderr().write_all(line.as_bytes());
+        let rate = match s.body_sent {
+            0 => String::new(),
+            n => format!(" ({})", crate::rate(n, secs)),
+        };
+        crate::say!("{} {what}: {} bytes in {secs:.3} s{rate}", s.peer, s.body_sent);
     }
 
     /// Replaces the snapshot with a fresh one of the same path (SIGHUP, or the file changed).
@@ -506,9 +726,13 @@ impl Server {
     /// An idle server hashes at once: nobody waits but the next client, who then gets the
     /// new version instead of a refusal.
     pub fn reload_snapshot(&mut self) {
+        // Events already queued are about the old snapshots; read them before hashing, so
+        // that they are not taken for writes to the new one.
+        self.apply_events(Instant::now());
         if self.adopt_newer() || self.reload_job.is_some() {
             return;
         }
+        self.reload_due = None;
         let path = self.current.path.clone();
         let idle = lock(&self.limits).active == 0;
         match &self.waker {
@@ -549,27 +773,37 @@ impl Server {
 
     /// Makes a freshly read snapshot current (and shared), or reports why there is none.
     fn install(&mut self, r: Result<Snapshot, InputError>) {
+        let now = Instant::now();
         match r {
             Ok(s) => {
                 let fresh = Arc::new(s);
                 *lock(&self.shared) = fresh.clone();
                 self.reload_retry_at = None;
-                eprintln!(
+                self.last_reload_error = None;
+                crate::say!(
                     "reloaded {}: {} bytes, blake3 {}",
-                    fresh.path.display(),
+                    shown(&fresh.path),
                     fresh.size,
                     encoding::hex(&fresh.digest)
                 );
+                if let Some(mut w) = self.watch.take() {
+                    self.watch_inode(&mut w, &fresh, now);
+                    self.watch = Some(w);
+                }
                 self.retire(fresh);
             }
             Err(e) => {
-                self.reload_retry_at = Some(Instant::now() + RELOAD_BACKOFF);
-                let what = if self.current.is_stale() {
-                    "refusing new clients until it can be read again"
-                } else {
-                    "still serving the previous version"
-                };
-                eprintln!("xfer: reload failed, {what}: {e}");
+                self.reload_retry_at = Some(now + RELOAD_BACKOFF);
+                let text = e.to_string();
+                if self.last_reload_error.as_deref() != Some(text.as_str()) {
+                    let what = if self.current.is_stale() {
+                        "refusing new clients until it can be read again"
+                    } else {
+                        "still serving the previous version"
+                    };
+                    crate::say!("xfer: reload failed, {what}: {text}");
+                    self.last_reload_error = Some(text);
+                }
             }
         }
     }
@@ -588,26 +822,41 @@ impl Server {
     /// followed by SIGHUP must still cut its clients) and kept watched while in use.
     fn retire(&mut self, fresh: Arc<Snapshot>) {
         let old = std::mem::replace(&mut self.current, fresh);
-        old.check_changed();
+        old.check_changed(self.by_ctime());
         self.older.push(Arc::downgrade(&old));
     }
 
     /// Brings the current snapshot up to date: a helper's finished hash, another loop's
-    /// newer snapshot, or a reload if the file changed.
-    fn refresh(&mut self, now: Instant) {
+    /// newer snapshot, or a reload if the file changed. `eager`: a client is waiting, so
+    /// a pending change is acted on now rather than when the writer seems done.
+    fn refresh(&mut self, now: Instant, eager: bool) {
         self.poll_reload();
+        self.apply_events(now);
         self.adopt_newer();
-        self.reload_if_changed(now);
+        self.reload_if_changed(now, eager);
     }
 
-    /// Reloads when the file changed, unless a failed attempt asks to wait.
-    fn reload_if_changed(&mut self, now: Instant) {
+    /// Reloads when the file changed (or a change is pending), unless a failed attempt
+    /// asks to wait.
+    fn reload_if_changed(&mut self, now: Instant, eager: bool) {
         // One reload at a time, in this loop or any other.
         if self.reload_job.is_some() || self.reloading.load(Ordering::Acquire) {
             return;
         }
-        if self.current.check_changed() && self.reload_retry_at.is_none_or(|t| now >= t) {
-            eprintln!("{}: changed on disk while being served; taking a new snapshot", self.current.path.display());
+        if self.reload_retry_at.is_some_and(|t| now < t) {
+            return;
+        }
+        let snap = &self.current;
+        // A change inotify announced waits for its settling time; one found by looking
+        // (no inotify, or it missed it) and a file replaced by rename need no waiting.
+        let due = self.reload_due.is_some_and(|(at, _)| eager || now >= at);
+        let unannounced = self.reload_due.is_none() && snap.check_changed(self.by_ctime());
+        let moved = !snap.is_at(&snap.path);
+        if due || unannounced || moved {
+            if self.last_reload_error.is_none() {
+                let what = if moved { "replaced or removed" } else { "changed on disk" };
+                crate::say!("{}: {what}; taking a new snapshot", shown(&snap.path));
+            }
             self.reload_snapshot();
         }
     }
@@ -632,8 +881,8 @@ impl Server {
                     let next = match encoding::decode_request(&buf[..*got as usize]) {
                         Ok(Decoded::NeedMore(_)) => continue,
                         Err(DecodeError::BadMagic) => return finish(s, Outcome::NotXfer),
-                        Err(DecodeError::UnsupportedVersion(_)) => Err(Status::UnsupportedVersion),
-                        Err(_) => Err(Status::BadRequest),
+                        Err(DecodeError::UnsupportedVersion(_)) => Err(Refusal::UnsupportedVersion),
+                        Err(_) => Err(Refusal::BadRequest),
                         Ok(Decoded::Done(req, _)) => match refuse {
                             Some(st) => Err(st),
                             None => self.answer(s, &req),
@@ -641,19 +890,19 @@ impl Server {
                     };
                     s.phase = match next {
                         Ok(send) => send,
-                        Err(status) => Phase::Refuse { status, sent: 0 },
+                        Err(why) => Phase::Refuse { why, sent: 0 },
                     };
                     s.last_progress = now;
                 }
-                Phase::Refuse { status, sent } => {
+                Phase::Refuse { why, sent } => {
                     let mut wire = [0u8; HEADER_LEN + MAX_REASON];
-                    let len = encoding::encode_refusal(*status, refusal_reason(*status), &mut wire);
+                    let len = encoding::encode_refusal(why.status(), why.reason(), &mut wire);
                     match conn.write_vectored(&[IoSlice::new(&wire[*sent as usize..len])]) {
                         Ok(n) => {
                             *sent += n as u16;
                             s.last_progress = now;
                             if *sent as usize == len {
-                                s.outcome = Outcome::Refused(*status);
+                                s.outcome = Outcome::Refused(*why);
                                 return self.after_last_byte(s, conn, now);
                             }
                         }
@@ -793,15 +1042,6 @@ fn io_error(s: &mut Session, e: io::Error) -> Option<Step> {
     }
 }
 
-/// The reason text sent with, and logged for, a refusal.
-fn refusal_reason(st: Status) -> &'static str {
-    match st {
-        Status::Busy => "server busy: too many clients (at the server's limit or from your address)",
-        Status::Unavailable => "the file is being changed on the server; try again shortly",
-        other => other.default_reason(),
-    }
-}
-
 /// Fallback when sendfile cannot be used on this file: positional read into the shared
 /// scratch buffer, then write. Bytes read but not written are simply read again next time.
 fn copy_through<C: Conn>(scratch: &mut Vec<u8>, conn: &mut C, file: &File, off: u64, want: usize) -> io::Result<usize> {
@@ -843,7 +1083,7 @@ impl Service for Server {
     fn open(&mut self, peer: SocketAddr, now: Instant) -> Option<Session> {
         if self.next_open_check.is_none_or(|t| now >= t) {
             self.next_open_check = Some(now + OPEN_CHECK_EVERY);
-            self.refresh(now);
+            self.refresh(now, true);
         }
         let peer = canonical(peer);
         let ip = peer.ip();
@@ -852,12 +1092,17 @@ impl Service for Server {
         let mut limits = lock(&self.limits);
         let active = limits.active;
         let counts = limits.per_ip.entry(ip).or_default();
+        // Strangers learn nothing but that they are not allowed.
         let refuse = if !allowed {
-            Some(Status::Forbidden)
-        } else if active >= self.policy.max_clients || counts.admitted as usize >= self.policy.max_per_ip {
-            Some(Status::Busy)
+            Some(Refusal::Forbidden)
+        } else if self.paused {
+            Some(Refusal::Paused)
+        } else if active >= self.policy.max_clients {
+            Some(Refusal::Busy)
+        } else if counts.admitted as usize >= self.policy.max_per_ip {
+            Some(Refusal::BusyFromYou)
         } else if unavailable {
-            Some(Status::Unavailable)
+            Some(Refusal::Changing)
         } else {
             None
         };
@@ -866,16 +1111,42 @@ impl Service for Server {
                 counts.admitted += 1;
                 limits.active += 1;
             }
-            Some(_) if counts.refusing >= REFUSING_PER_IP => {
+            // Past a few refusals in progress from one address, the rest are answered at
+            // once without waiting for their request (`reject`), so one address cannot
+            // take the slots kept for answering others.
+            Some(why) if counts.refusing >= REFUSING_PER_IP => {
                 if counts.admitted == 0 && counts.refusing == 0 {
                     limits.per_ip.remove(&ip);
                 }
+                self.rejecting = Some(why);
                 return None;
             }
             Some(_) => counts.refusing += 1,
         }
         drop(limits);
         Some(Session::new(self.current.clone(), peer, now, refuse))
+    }
+
+    fn reject(&mut self, stream: &mut mio::net::TcpStream, peer: SocketAddr, _now: Instant) {
+        // Without a reason from `open`, the reactor is out of room for sessions.
+        let why = self.rejecting.take().unwrap_or(Refusal::Busy);
+        let mut wire = [0u8; HEADER_LEN + MAX_REASON];
+        let len = encoding::encode_refusal(why.status(), why.reason(), &mut wire);
+        // A fresh socket's send buffer takes these few bytes whole; if not, the client
+        // sees the connection close, which is all we can afford under a flood.
+        let _ = Write::write(stream, &wire[..len]);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        // Read what the client already sent, so the close that follows is a plain FIN and
+        // not a reset, which could destroy the refusal in the client's buffers.
+        let mut sink = [0u8; 512];
+        for _ in 0..4 {
+            if !matches!(Read::read(stream, &mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        if !self.policy.quiet {
+            crate::say!("{} refused: {}", canonical(peer), why.reason());
+        }
     }
 
     fn drive(&mut self, s: &mut Session, stream: &mut mio::net::TcpStream, budget: usize, now: Instant) -> Step {
@@ -915,16 +1186,23 @@ impl Service for Server {
     fn tick(&mut self, now: Instant, sessions: usize) -> Option<Instant> {
         if sessions == 0 {
             self.next_check = None;
-            return None;
+            if self.reload_due.is_some_and(|(at, _)| now >= at) {
+                self.refresh(now, false);
+            }
+        } else {
+            let due = *self.next_check.get_or_insert(now);
+            if now >= due || self.reload_due.is_some_and(|(at, _)| now >= at) {
+                // Snapshots still in use by clients are watched too; forgotten ones go.
+                let by_ctime = self.by_ctime();
+                self.older.retain(|w| w.upgrade().map(|s| s.check_changed(by_ctime)).is_some());
+                self.prune_watches();
+                self.refresh(now, false);
+                self.next_check = Some(now + CHANGE_CHECK_EVERY);
+            }
         }
-        let due = *self.next_check.get_or_insert(now);
-        if now >= due {
-            // Snapshots still in use by clients are watched too; forgotten ones are dropped.
-            self.older.retain(|w| w.upgrade().map(|s| s.check_changed()).is_some());
-            self.refresh(now);
-            self.next_check = Some(now + CHANGE_CHECK_EVERY);
-        }
-        self.next_check
+        // A pending change that a failed reload put off is retried when the wait is over.
+        let pending = self.reload_due.map(|(at, _)| self.reload_retry_at.map_or(at, |r| r.max(at)));
+        [self.next_check, pending].into_iter().flatten().min()
     }
 
     fn close(&mut self, s: Session, _now: Instant) {
@@ -947,8 +1225,18 @@ impl Service for Server {
         self.log(&s);
     }
 
-    fn attach_waker(&mut self, waker: Arc<mio::Waker>) {
+    fn attach(&mut self, registry: &mio::Registry, token: mio::Token, waker: Arc<mio::Waker>) -> io::Result<()> {
         self.waker = Some(waker);
+        if let Some(w) = &self.watch {
+            use std::os::fd::AsRawFd;
+            registry.register(&mut mio::unix::SourceFd(&w.as_raw_fd()), token, mio::Interest::READABLE)?;
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, now: Instant) -> Option<Instant> {
+        self.apply_events(now);
+        self.reload_due.map(|(at, _)| at)
     }
 
     fn woken(&mut self, _now: Instant) {
@@ -959,9 +1247,18 @@ impl Service for Server {
         self.reload_snapshot();
     }
 
+    fn pause(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
     fn in_flight(&self) -> usize {
         lock(&self.limits).active
     }
+}
+
+/// A path for a message, with anything a terminal would act on escaped.
+fn shown(p: &Path) -> String {
+    crate::encoding::text::path(p)
 }
 
 /// Locks a mutex, carrying on if another loop panicked while holding it: the data is
@@ -1032,14 +1329,16 @@ impl std::str::FromStr for Cidr {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub file: PathBuf,
-    /// `--listen`: an address, or address and port.
+    /// `--listen`: an address or host name, with or without a port.
     pub listen: Option<String>,
-    pub port: u16,
+    /// `--port`: when `--listen` names a port too, the two must agree.
+    pub port: Option<u16>,
     pub quiet: bool,
     pub max_clients: Option<usize>,
-    pub max_per_ip: usize,
+    /// `None`: no limit per address.
+    pub max_per_ip: Option<usize>,
     pub allow: Vec<Cidr>,
-    pub token: Option<String>,
+    pub token: Option<Vec<u8>>,
     pub request_timeout: Duration,
     pub send_timeout: Duration,
     pub drain_timeout: Duration,
@@ -1051,8 +1350,12 @@ pub struct Options {
 pub enum ServeError {
     #[error(transparent)]
     Input(#[from] InputError),
-    #[error("bad --listen `{0}`: expected an IP address, optionally with :port")]
-    BadListen(String),
+    #[error("bad --listen `{0}`: {1}")]
+    BadListen(String, crate::encoding::target::TargetError),
+    #[error("--listen {listen} names port {listen_port}, but --port says {port}; give the port once")]
+    PortConflict { listen: String, listen_port: u16, port: u16 },
+    #[error("cannot resolve --listen {host}: {source}")]
+    Resolve { host: String, source: io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: io::Error },
     #[error("event loop failed: {0}")]
@@ -1063,8 +1366,8 @@ impl ServeError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ServeError::Input(_) => crate::exit::LOCAL_IO,
-            ServeError::BadListen(_) => crate::exit::USAGE,
-            ServeError::Bind { .. } => crate::exit::NETWORK,
+            ServeError::BadListen(..) | ServeError::PortConflict { .. } => crate::exit::USAGE,
+            ServeError::Resolve { .. } | ServeError::Bind { .. } => crate::exit::NETWORK,
             ServeError::Poll(_) => crate::exit::INTERNAL,
         }
     }
@@ -1074,58 +1377,78 @@ impl ServeError {
 /// (nginx's sendfile_max_chunk).
 pub const BUDGET: usize = 512 * 1024;
 
+/// Files at least this large are announced before they are hashed, since hashing them
+/// (from a cold disk especially) takes a moment the user should not mistake for a hang.
+const ANNOUNCE_HASHING: u64 = 64 << 20;
+
 /// Runs `xfer serve` until it is asked to exit.
 pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
     use std::io::IsTerminal;
-    let snapshot = Arc::new(Snapshot::open(&opts.file)?);
+    // Bind first: a port in use must fail at once, not after hashing a large file.
+    // Clients that connect meanwhile wait in the backlog.
+    let addrs = listen_addrs(opts)?;
+    let (listener, addr) = bind_first(&addrs)?;
+    // Watch before hashing, so a write during or after the hash is never missed.
+    let watch = match watch::Watch::new(&opts.file) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            crate::say!(
+                "xfer: cannot watch {} for changes ({e}); looking every {} s instead",
+                shown(&opts.file),
+                CHANGE_CHECK_EVERY.as_secs_f64()
+            );
+            None
+        }
+    };
+    let snapshot = Arc::new(hash_announced(&opts.file)?);
     let nofile = crate::reactor::raise_nofile_limit();
     // Leave descriptors for the listener, epoll, signals, stdio and the served file, and
     // room to answer "busy" to some clients over the limit instead of dropping them.
     let reserve = (nofile / 4).min(64);
     let max_clients = opts.max_clients.unwrap_or(((nofile - reserve) * 7 / 8).max(1));
-    let threads = opts.threads.max(1);
     // The limits are shared by all loops; each loop's slab is sized for all of them, since
-    // the kernel may hand any loop any share of the connections.
-    let per_thread = max_clients;
+    // any loop may accept any share of the connections.
     let slack = (max_clients / 8).clamp(8, 1024);
-
-    let addrs = listen_addrs(opts)?;
-    let (first, addr) = bind_first(&addrs, threads > 1)?;
-    let host = match addr.ip() {
-        ip if ip.is_unspecified() => hostname(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-        ip => ip.to_string(),
-    };
     let policy = Policy {
         max_clients,
-        max_per_ip: opts.max_per_ip,
+        max_per_ip: opts.max_per_ip.unwrap_or(usize::MAX),
         allow: opts.allow.clone(),
-        token: opts.token.as_ref().map(|t| *blake3::hash(t.as_bytes()).as_bytes()),
+        token: opts.token.as_ref().map(|t| *blake3::hash(t).as_bytes()),
         request_timeout: opts.request_timeout,
         send_timeout: opts.send_timeout,
         quiet: opts.quiet,
     };
     let shared = Shared::new(snapshot.clone());
     let cfg = crate::reactor::Config {
-        max_sessions: per_thread.saturating_add(slack),
+        max_sessions: max_clients.saturating_add(slack),
         budget: BUDGET,
         drain_timeout: opts.drain_timeout,
         signals: true,
         interactive: std::io::stdin().is_terminal(),
     };
-    // The first loop owns the signals and the prompt, and tells the others what to do.
-    let server = Server::with_shared(&shared, policy.clone());
-    let mut reactor = crate::reactor::Reactor::new(first, server, cfg.clone()).map_err(ServeError::Poll)?;
+    let clone = |l: &std::net::TcpListener| {
+        l.try_clone()
+            .map(mio::net::TcpListener::from_std)
+            .map_err(|source| ServeError::Bind { addr: addr.to_string(), source })
+    };
+    // The first loop owns the signals, the prompt and the watch, and tells the others
+    // what to do.
+    let mut server = Server::with_shared(&shared, policy.clone());
+    if let Some(w) = watch {
+        server.watch(w);
+    }
+    let mut reactor = crate::reactor::Reactor::new(clone(&listener)?, server, cfg.clone()).map_err(ServeError::Poll)?;
     let leader = reactor.controller().map_err(ServeError::Poll)?;
     let mut followers = Vec::new();
     let mut handles = Vec::new();
-    for _ in 1..threads {
-        let listener =
-            crate::reactor::bind(addr, true).map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
+    for _ in 1..opts.threads.max(1) {
         let server = Server::with_shared(&shared, policy.clone());
-        let mut follower =
-            crate::reactor::Reactor::new(listener, server, crate::reactor::Config { signals: false, ..cfg.clone() })
-                .map_err(ServeError::Poll)?;
+        let mut follower = crate::reactor::Reactor::new(
+            clone(&listener)?,
+            server,
+            crate::reactor::Config { signals: false, ..cfg.clone() },
+        )
+        .map_err(ServeError::Poll)?;
         followers.push(follower.controller().map_err(ServeError::Poll)?);
         let leader = leader.clone();
         handles.push(std::thread::spawn(move || {
@@ -1136,13 +1459,12 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
         }));
     }
     reactor.set_followers(followers);
-    let name = opts.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "copy".into());
+    // Only the loops hold the socket now: when the last one stops listening, connects fail.
+    drop(listener);
     // The first line is the contract with scripts and tests: the real bound address. It is
     // printed once everything is set up, so whoever reads it finds a server in its steady
     // state (all descriptors open, signals handled).
-    println!("listening on {addr}");
-    println!("serving {}: {} bytes, blake3 {}", opts.file.display(), snapshot.size(), encoding::hex(snapshot.digest()));
-    println!("fetch it with: xfer fetch {host}:{} output_file/{name}", addr.port());
+    crate::say_out(format_args!("{}", banner(opts, addr, &snapshot)));
     // From here on only the sessions and the shared cell hold snapshots, so a reload
     // really lets go of the old descriptor (and a replaced file's disk space).
     drop(snapshot);
@@ -1158,26 +1480,78 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
     Ok(exit)
 }
 
-/// The addresses to try, in order: `--listen` as given, or dual-stack `[::]` then `0.0.0.0`.
-fn listen_addrs(opts: &Options) -> Result<Vec<SocketAddr>, ServeError> {
-    let Some(l) = &opts.listen else {
-        return Ok(vec![
-            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), opts.port),
-            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), opts.port),
-        ]);
-    };
-    let bad = || ServeError::BadListen(l.clone());
-    if let Ok(ip) = l.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, opts.port)]);
+/// Takes the first snapshot, saying so first when the file is large (with a progress bar
+/// when stderr is a terminal).
+fn hash_announced(file: &Path) -> Result<Snapshot, InputError> {
+    use std::io::IsTerminal;
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    if size < ANNOUNCE_HASHING {
+        return Snapshot::open(file);
     }
-    let sa: SocketAddr = l.parse().map_err(|_| bad())?;
-    Ok(vec![sa])
+    crate::say!("hashing {} ({}) ...", shown(file), crate::human_bytes(size));
+    if !io::stderr().is_terminal() {
+        return Snapshot::open(file);
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(Some(size), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{decimal_bytes:>10}/{decimal_total_bytes} {decimal_bytes_per_sec:>12} eta {eta:>4} [{wide_bar}]",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let r = Snapshot::open_with(file, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    r
 }
 
-fn bind_first(addrs: &[SocketAddr], reuse_port: bool) -> Result<(mio::net::TcpListener, SocketAddr), ServeError> {
+/// The lines printed on stdout at start: the address, the file, and a command that
+/// fetches it, quoted so that it can be pasted into a shell as it is.
+fn banner(opts: &Options, addr: SocketAddr, snap: &Snapshot) -> String {
+    use crate::encoding::text::shell_quote;
+    let host = match addr {
+        a if a.ip().is_unspecified() => hostname(),
+        SocketAddr::V6(v6) if v6.scope_id() != 0 => format!("[{}%{}]", v6.ip(), v6.scope_id()),
+        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+        a => a.ip().to_string(),
+    };
+    let name = opts.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "copy".into());
+    let target = shell_quote(&format!("{host}:{}", addr.port())).into_owned();
+    let out = shell_quote(&format!("output_file/{name}")).into_owned();
+    let token = if opts.token.is_some() { " --token \"$XFER_TOKEN\"" } else { "" };
+    format!(
+        "listening on {addr}\nserving {}: {} bytes, blake3 {}\nfetch it with: xfer fetch {target} {out}{token}\n",
+        shown(&opts.file),
+        snap.size(),
+        encoding::hex(snap.digest()),
+    )
+}
+
+/// The addresses to try, in order: `--listen` as given, or dual-stack `[::]` then `0.0.0.0`.
+fn listen_addrs(opts: &Options) -> Result<Vec<SocketAddr>, ServeError> {
+    use crate::encoding::target;
+    let Some(l) = &opts.listen else {
+        let port = opts.port.unwrap_or(crate::DEFAULT_PORT);
+        return Ok(vec![
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port),
+            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port),
+        ]);
+    };
+    let t = target::parse(l).map_err(|e| ServeError::BadListen(l.clone(), e))?;
+    if let (Some(listen_port), Some(port)) = (t.port, opts.port)
+        && listen_port != port
+    {
+        return Err(ServeError::PortConflict { listen: l.clone(), listen_port, port });
+    }
+    let port = t.port.or(opts.port).unwrap_or(crate::DEFAULT_PORT);
+    crate::reactor::resolve(&t, port).map_err(|source| ServeError::Resolve { host: t.host.to_string(), source })
+}
+
+fn bind_first(addrs: &[SocketAddr]) -> Result<(std::net::TcpListener, SocketAddr), ServeError> {
     let mut last = None;
     for a in addrs {
-        match crate::reactor::bind(*a, reuse_port) {
+        match crate::reactor::bind(*a) {
             Ok(l) => {
                 let bound = l.local_addr().map_err(|source| ServeError::Bind { addr: a.to_string(), source })?;
                 return Ok((l, bound));
@@ -1185,7 +1559,10 @@ fn bind_first(addrs: &[SocketAddr], reuse_port: bool) -> Result<(mio::net::TcpLi
             Err(source) => last = Some(ServeError::Bind { addr: a.to_string(), source }),
         }
     }
-    Err(last.unwrap_or_else(|| ServeError::BadListen(String::new())))
+    Err(last.unwrap_or_else(|| ServeError::Resolve {
+        host: String::new(),
+        source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+    }))
 }
 
 fn hostname() -> String {
@@ -1378,7 +1755,7 @@ mod tests {
         let mut p = policy();
         p.token = Some(*blake3::hash(b"secret").as_bytes());
         let (got, s) = serve_through(b"data", 5, 1 << 20, p.clone(), &req());
-        assert!(matches!(s.outcome, Outcome::Refused(Status::BadToken)));
+        assert!(matches!(s.outcome, Outcome::Refused(Refusal::BadToken)));
         match encoding::decode_response(&got) {
             Ok(Decoded::Done(encoding::Response::Refused { status: Status::BadToken, .. }, n)) => {
                 assert_eq!(n, got.len())
@@ -1395,7 +1772,7 @@ mod tests {
         let mut v2 = req();
         v2[4] = 2;
         let (got, s) = serve_through(b"data", 64, 1 << 20, policy(), &v2);
-        assert!(matches!(s.outcome, Outcome::Refused(Status::UnsupportedVersion)));
+        assert!(matches!(s.outcome, Outcome::Refused(Refusal::UnsupportedVersion)));
         assert!(matches!(
             encoding::decode_response(&got),
             Ok(Decoded::Done(encoding::Response::Refused { status: Status::UnsupportedVersion, .. }, _))
@@ -1415,7 +1792,7 @@ mod tests {
         assert!(got[HEADER_LEN..] == data[123_457..]);
         let past = encoding::encode_request(&encoding::Request { offset: 300_001, token: None });
         let (_, s) = serve_through(&data, 4096, 1 << 20, policy(), &past);
-        assert!(matches!(s.outcome, Outcome::Refused(Status::BadOffset)));
+        assert!(matches!(s.outcome, Outcome::Refused(Refusal::BadOffset)));
     }
 
     #[test]
@@ -1439,7 +1816,7 @@ mod tests {
         let b2 = open("127.0.0.3:1").unwrap();
         assert!(!b2.admitted, "client cap");
         let c = open("10.0.0.1:1").unwrap();
-        assert!(matches!(c.phase, Phase::Request { refuse: Some(Status::Forbidden), .. }));
+        assert!(matches!(c.phase, Phase::Request { refuse: Some(Refusal::Forbidden), .. }));
         // One address may hold only a few refusals in progress; past that it is dropped.
         let mut refusing = Vec::new();
         while let Some(r) = open("10.0.0.9:1") {
@@ -1506,9 +1883,30 @@ mod tests {
         std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
         let snap = Snapshot::open(&path).unwrap();
         assert!(!snap.in_memory());
-        assert!(!snap.check_changed());
+        assert!(!snap.check_changed(true));
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"zz", 10).unwrap();
-        assert!(snap.check_changed());
+        assert!(snap.check_changed(false));
+
+        // A write that puts size and mtime back is seen only by the ctime.
+        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        let snap = Snapshot::open(&path).unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"zz", 10).unwrap();
+        f.set_modified(mtime).unwrap();
+        assert!(!snap.check_changed(false), "size and mtime are as they were");
+        assert!(snap.check_changed(true), "the ctime moved");
+
+        // A rename over the path drops the old file's link count and moves its ctime, but
+        // not its bytes: that is no change.
+        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        let snap = Snapshot::open(&path).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(dir.path().join("new"), b"v2").unwrap();
+        std::fs::rename(dir.path().join("new"), &path).unwrap();
+        assert!(!snap.check_changed(true));
+        assert!(!snap.is_at(&path));
         assert!(matches!(Snapshot::open(dir.path()), Err(InputError::NotRegular { kind: "directory", .. })));
         assert!(matches!(Snapshot::open(&dir.path().join("missing")), Err(InputError::Open { .. })));
     }

@@ -376,16 +376,6 @@ fn assert_server_exits(server: &mut Server, code: i32, secs: f64, what: &str) {
     assert!(!err.contains("panicked"), "{what}: server panicked:\n{err}");
 }
 
-/// Reads one whole response (header + body) from an already connected stream.
-fn read_response(s: &mut TcpStream, secs: u64) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
-    let mut v = Vec::new();
-    if let Err(e) = s.read_to_end(&mut v) {
-        panic!("reading response: {e} after {} bytes", v.len());
-    }
-    v
-}
-
 fn expected_response(data: &[u8]) -> Vec<u8> {
     let mut v = encoding::encode_ok(data.len() as u64, &digest_of(data)).to_vec();
     v.extend_from_slice(data);
@@ -395,6 +385,15 @@ fn expected_response(data: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------
 // 1. Terminal: Ctrl+C pauses accepting; "c" resumes; nonsense asks again.
 // ---------------------------------------------------------------------------------------
+
+/// Connects, sends a request, and decodes the refusal the server answers with.
+fn paused_refusal(addr: SocketAddr) -> (encoding::Status, String) {
+    let got = raw_fetch(addr, &raw_request(None)).expect("raw fetch while paused");
+    match encoding::decode_response(&got) {
+        Ok(encoding::Decoded::Done(encoding::Response::Refused { status, reason }, _)) => (status, reason),
+        other => panic!("expected a refusal while paused, got {other:?} ({} bytes)", got.len()),
+    }
+}
 
 #[test]
 fn tty_ctrl_c_pauses_then_continue_resumes() {
@@ -411,42 +410,28 @@ fn tty_ctrl_c_pauses_then_continue_resumes() {
     srv.wait_prompt(1);
     assert!(srv.is_alive(), "server died on Ctrl+C; terminal:\n{}", srv.tty());
 
-    // Paused, not closed: the connect completes (kernel backlog) but nobody answers.
-    let mut waiting = TcpStream::connect_timeout(&srv.addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect while paused should reach the backlog, got {e}"));
-    waiting.write_all(&raw_request(None)).unwrap();
-    waiting.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let mut b = [0u8; 1];
-    match waiting.read(&mut b) {
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-        Ok(0) => panic!("connection made while paused was closed; terminal:\n{}", srv.tty()),
-        Ok(_) => panic!("connection made while paused was served; terminal:\n{}", srv.tty()),
-        Err(e) => panic!("connection made while paused failed: {e}; terminal:\n{}", srv.tty()),
-    }
+    // Paused: a new client is not left waiting in the backlog; it is told at once to
+    // come back ("unavailable: server paused"), and the pause is in the log.
+    let t0 = Instant::now();
+    let (status, reason) = paused_refusal(srv.addr);
+    assert_eq!(status, encoding::Status::Unavailable, "reason: {reason}; terminal:\n{}", srv.tty());
+    assert!(reason.contains("paused"), "reason {reason:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "the refusal took {:?}", t0.elapsed());
+    let paused_fetch = fetch(&srv.addr.to_string(), &dir.path().join("paused.bin"), &["--quiet"]);
+    assert_eq!(paused_fetch.status.code(), Some(6), "{}", describe(&paused_fetch));
+    assert!(String::from_utf8_lossy(&paused_fetch.stderr).contains("paused"), "{}", describe(&paused_fetch));
 
-    // Anything else asks again (and still does not accept).
+    // Anything else asks again (and the server stays paused).
     srv.type_text("maybe\n");
     let ok = srv.wait_tty(10, |t| t.matches(PROMPT).count() >= 2);
     assert!(ok, "an unknown answer did not ask again; terminal:\n{}", srv.tty());
-    match waiting.read(&mut b) {
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-        other => panic!("served/closed after an unknown answer: {other:?}; terminal:\n{}", srv.tty()),
-    }
+    assert_eq!(paused_refusal(srv.addr).0, encoding::Status::Unavailable);
     assert!(srv.is_alive(), "server exited on an unknown answer; terminal:\n{}", srv.tty());
 
     srv.type_text("c\n");
     let ok = srv.wait_tty(10, |t| t.to_ascii_lowercase().contains("resum"));
-    assert!(ok, "no \"resuming\" line after answering c; terminal:\n{}", srv.tty());
+    assert!(ok, "no \"resumed\" line after answering c; terminal:\n{}", srv.tty());
 
-    // The connection that waited in the backlog is served, exactly.
-    let got = read_response(&mut waiting, 20);
-    assert!(
-        got == expected_response(&data),
-        "backlogged connection got {} bytes, expected {} (or different content); terminal:\n{}",
-        got.len(),
-        data.len() + encoding::HEADER_LEN,
-        srv.tty()
-    );
     // And a new fetch works.
     let out = dir.path().join("after.bin");
     assert_fetched(&out, &fetch(&srv.addr.to_string(), &out, &["--quiet"]), &data);
