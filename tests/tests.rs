@@ -6,6 +6,7 @@
 mod util;
 
 mod basic;
+mod defects;
 mod faults;
 mod regressions;
 mod signals;
