@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 
-use super::proxy::Dir;
 use super::*;
+use crate::util::proxy::Dir;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -68,9 +68,12 @@ fn soak_random_faults() {
         (4 * MIB - rng.below(1000)) as usize,
     ];
     let files: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &s)| random_bytes(s, seed ^ (i as u64 + 1))).collect();
-    let mut servers: Vec<(Server, usize)> =
-        files.iter().enumerate().map(|(i, d)| start(&write_file(dir.path(), &format!("in-{i}.bin"), d), &[])).collect();
-    let addrs: Vec<SocketAddr> = servers.iter().map(|(s, _)| s.addr).collect();
+    let mut servers: Vec<Server> = files
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Server::settled(&write_file(dir.path(), &format!("in-{i}.bin"), d), &[]))
+        .collect();
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
 
     let kinds = [Kind::None, Kind::Delay, Kind::Reset, Kind::Cut, Kind::Flip, Kind::Stall];
     let jobs: Vec<Job> = (0..n)
@@ -176,8 +179,8 @@ fn soak_random_faults() {
     want.sort();
     assert_eq!(dir_names(&outdir), want, "soak seed {seed}: output directory holds more or less than the good copies");
 
-    for (server, base) in servers.iter_mut() {
-        healthy(server, *base);
+    for server in servers.iter_mut() {
+        server.assert_healthy();
     }
 }
 
@@ -195,18 +198,18 @@ fn run_job(job: &Job, data: &[u8], server: SocketAddr, outdir: &Path, tally: &Mu
             let exact = r.status.success() && std::fs::read(&out).is_ok_and(|v| v == data);
             let ok = if job.hits {
                 // Must fail with a network or verification error, and leave nothing.
-                !r.status.success() && !out.exists() && code(&r).is_some_and(|c| c == 3 || c == 4)
+                !r.status.success() && !out.exists() && r.status.code().is_some_and(|c| c == 3 || c == 4)
             } else {
                 exact
             };
-            (ok, describe(&r), code(&r))
+            (ok, describe(&r), r.status.code())
         }
         Some((rcvbuf, pace)) => {
             let res = (|| -> std::io::Result<(Response, Drained)> {
                 let mut s = connect(proxy.addr, None, Some(rcvbuf))?;
                 let secs = if job.kind == Kind::Stall { 1 } else { 10 };
                 s.set_read_timeout(Some(Duration::from_secs(secs)))?;
-                s.write_all(&raw_request(None))?;
+                s.write_all(&request(None))?;
                 let r = read_response(&mut s)?;
                 let d = drain(&mut s, pace, None, false);
                 Ok((r, d))
