@@ -57,7 +57,6 @@ fn serve_and_check(path: &Path, data: &[u8]) {
     assert!(lines.len() >= 3, "server printed fewer than 3 stdout lines: {lines:?}");
     let size = data.len().to_string();
     let digest = blake3::hash(data).to_hex().to_string();
-    assert_eq!(digest.len(), 64);
     assert!(
         lines[1].split(|c: char| !c.is_ascii_digit()).any(|w| w == size),
         "line 2 should give the size {size}: {:?}",
@@ -359,7 +358,7 @@ fn ipv6_loopback_and_localhost() {
     }
 
     if let Err(e) = TcpListener::bind("[::1]:0") {
-        eprintln!("note: skipping the IPv6 part, cannot bind [::1]: {e}");
+        skipped("ipv6_loopback_and_localhost, its IPv6 part", &format!("cannot bind [::1]: {e}"));
         return;
     }
     let server = Server::start(&path, &["--listen", "::1"]);

@@ -401,17 +401,29 @@ fn no_tty_drain_deadline_force_closes_stuck_client() {
     let (file, _) = big_file(dir.path(), "big.bin", size, 505);
     let mut srv = Server::start(&file, &["--drain-timeout", "1"]);
     let mut stuck = raw::stalled_client(srv.addr, None);
-    assert!(srv.is_alive());
+    let sport = raw::port(&stuck);
 
     let t0 = Instant::now();
     srv.signal(libc::SIGTERM);
     srv.assert_exits(0, 10.0, "drain deadline with a client that never reads");
-    eprintln!("drain deadline: exited after {:?}", t0.elapsed());
+    let took = t0.elapsed();
+    let err = srv.stderr();
+    // Not before the deadline (the server's clock starts after our t0), and because of it.
+    assert!(took >= Duration::from_millis(950), "exited {took:?} after SIGTERM, before the 1 s deadline:\n{err}");
+    assert!(
+        err.contains("drain deadline passed: closing 1 unfinished transfer(s)"),
+        "no drain-deadline line for the one stuck transfer:\n{err}"
+    );
+    let line = err.lines().find(|l| l.contains(&format!(":{sport} "))).unwrap_or_default();
+    assert!(line.contains("cut (server exiting)"), "stuck client's log line: {line:?}\nstderr:\n{err}");
 
-    // The stuck client got a cut transfer, not the whole file.
+    // The stuck client is closed, with the exact start of the body (after the header it
+    // read) and far from all of it.
     let got = raw::read_until_closed(&mut stuck, Duration::from_secs(5));
-    let total = got.data.len() as u64;
-    assert!(total < size, "stuck client received the whole file ({total}) though it never read during the drain");
+    assert!(got.closed_at.is_some(), "stuck client still open 5 s after the server exited");
+    let n = got.data.len();
+    let start = std::fs::read(&file).unwrap();
+    assert!((n as u64) < size && got.data == start[..n], "the stuck client's {n} bytes are not the start of the body");
 }
 
 // ---------------------------------------------------------------------------------------

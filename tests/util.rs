@@ -33,6 +33,11 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("xfer-test-").tempdir().expect("tempdir")
 }
 
+/// Says clearly that (part of) a test could not run here, instead of passing silently.
+pub fn skipped(what: &str, why: &str) {
+    eprintln!("SKIPPED: {what}: {why}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Deterministic data
 // ---------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ fn tail(s: &str, n: usize) -> String {
 // ---------------------------------------------------------------------------------------
 
 /// Case 1: Out of descriptors on accept: no busy loop, the running transfer goes on, and queued
-/// clients are served again soon after descriptors free up — without a new connection
+/// clients are served again as soon as descriptors free up — without a new connection
 /// arriving to wake the listener (edge-triggered readiness won't repeat itself).
 #[test]
 fn emfile_backs_off_keeps_serving_and_recovers() {
@@ -100,6 +100,7 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
 
     // While out of descriptors: no spinning, and the in-flight transfer still moves.
     let p0 = progress.load(Ordering::SeqCst);
+    assert!(p0 < size, "test design: the in-flight transfer ended before the server ran out of descriptors");
     let c0 = server.cpu_ticks();
     // The subject: one second out of descriptors, measured.
     thread::sleep(Duration::from_secs(1));
@@ -110,14 +111,19 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
         "server burnt {used} ticks (of 100) in 1 s while out of fds ({held_fds} open): spinning on accept?\nstderr:\n{}",
         server.stderr()
     );
-    assert!(moved > 0 || p0 >= size, "in-flight transfer made no progress while the server was out of fds");
+    assert!(moved > 0, "in-flight transfer made no progress in 1 s while the server was out of fds");
 
     // Release the answered holders round by round; the queued ones must then be answered
-    // without any new connection arriving.
+    // without any new connection arriving. RELIABILITY.md: accepting resumes as soon as a
+    // client is freed (or 200 ms have passed). Measured from our close, the answer also
+    // waits for the RST to reach the server and for the scheduler on a shared 2-core box,
+    // so a round may take up to 1 s (seen: 20-111 ms); a server that only retried on a
+    // slow timer, or never, fails here.
     let mut waiting = holders;
     let mut rounds = 0;
     let mut worst = Duration::ZERO;
     let queued_at_start = waiting.iter().filter(|s| !readable_now(s)).count();
+    assert!(queued_at_start > 0, "test design: no client was left queued behind EMFILE");
     let mut drained = false;
     for round in 0..200 {
         let (answered, still): (Vec<TcpStream>, Vec<TcpStream>) =
@@ -128,7 +134,7 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
         }
         assert!(
             !answered.is_empty(),
-            "round {round}: {} clients still unanswered in the backlog: the server does not accept again after \
+            "round {round}: {} clients queued and none answered: the server does not accept again after \
              descriptors are freed (EMFILE recovery)\nstderr tail:\n{}",
             still.len(),
             tail(&server.stderr(), 20)
@@ -136,9 +142,16 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
         rounds += 1;
         drop(answered); // unread data: RST, the server frees those clients
         let released = Instant::now();
-        if wait_until(Duration::from_secs(3), || still.iter().any(readable_now)) {
-            worst = worst.max(released.elapsed());
-        }
+        let got = wait_until(Duration::from_secs(1), || still.iter().any(readable_now));
+        let waited = released.elapsed();
+        assert!(
+            got,
+            "round {round}: none of the {} queued clients was answered within 1 s of freeing descriptors\n\
+             stderr tail:\n{}",
+            still.len(),
+            tail(&server.stderr(), 20)
+        );
+        worst = worst.max(waited);
         waiting = still;
     }
     assert!(drained, "clients still queued after 200 rounds");
@@ -146,7 +159,6 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
         "emfile: {queued_at_start} of 200 clients queued behind EMFILE, drained in {rounds} rounds, \
          worst wait after freeing {worst:?}, fds while held {held_fds}"
     );
-    assert!(worst <= Duration::from_millis(2500), "queued clients waited {worst:?} after fds were freed");
 
     // The queued fetch waits in the backlog until descriptors are free; no retry needed.
     let out = dir.path().join("out.bin");
@@ -204,8 +216,8 @@ fn burst_of_500_clients_all_served() {
     server.assert_healthy();
 }
 
-/// Case 3: Connections reset while still in the accept queue (server stopped): accepting goes
-/// on afterwards.
+/// Case 3: Connections reset (or closed) while still in the accept queue (server stopped) are
+/// each logged and skipped, none is taken for a finished transfer, and accepting goes on.
 #[test]
 fn connections_aborted_before_accept() {
     let dir = tempdir();
@@ -216,10 +228,11 @@ fn connections_aborted_before_accept() {
     server.signal(libc::SIGSTOP);
     let _cont = ContOnDrop(server.pid());
     let stat = format!("/proc/{}/stat", server.pid());
-    wait_until(Duration::from_secs(2), || {
+    let stopped = wait_until(Duration::from_secs(2), || {
         let st = std::fs::read_to_string(&stat).unwrap_or_default();
         st.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('T'))
     });
+    assert!(stopped, "the server was not stopped 2 s after SIGSTOP");
     let mut reset_ports = Vec::new();
     let mut closed_ports = Vec::new();
     for i in 0..100 {
@@ -239,14 +252,27 @@ fn connections_aborted_before_accept() {
     let out = dir.path().join("out.bin");
     assert_fetched(&out, &fetch(&server.target(), &out, &[]), &data);
 
+    // Each of the 100 is accounted for: by its own log line, or by an `accept: ...; skipped`
+    // line when accept(2) reported it aborted (which carries no address).
+    let line_of = |log: &str, p: u16| log.lines().find(|l| l.contains(&format!(":{p} "))).map(str::to_string);
+    let accounted = |log: &str| {
+        let with_line = reset_ports.iter().chain(&closed_ports).filter(|p| line_of(log, **p).is_some()).count();
+        with_line + count_lines(log, "; skipped")
+    };
+    let ok = server.wait_stderr(10, |log| accounted(log) >= 100);
     let log = server.stderr();
+    assert!(ok, "only {} of 100 connections aborted before accept were logged:\n{log}", accounted(&log));
+    assert_eq!(accounted(&log), 100, "more log lines than connections:\n{log}");
+    for p in &reset_ports {
+        if let Some(l) = line_of(&log, *p) {
+            assert!(!l.contains("complete"), "a connection reset before accept was logged as a transfer: {l}");
+        }
+    }
     eprintln!(
-        "aborted before accept: {} reset + {} closed; server logged {} 'closed by peer', {} 'error', {} accept messages",
+        "aborted before accept: {} reset + {} closed; {} logged as skipped by accept",
         reset_ports.len(),
         closed_ports.len(),
-        log.matches("closed by peer").count(),
-        log.matches(" error (").count(),
-        log.matches("accept:").count()
+        count_lines(&log, "; skipped")
     );
     server.assert_healthy();
 }
@@ -329,13 +355,14 @@ fn peer_reset_mid_transfer_others_untouched() {
 // ---------------------------------------------------------------------------------------
 
 /// Case 8: A client that never reads is closed after `--send-timeout`, and logged "timed out";
-/// meanwhile another client runs at full speed.
+/// meanwhile another client keeps its full speed.
 #[test]
 fn never_reading_client_times_out_others_keep_speed() {
     let dir = tempdir();
     let size = 32 * MIB;
     let (path, dig) = big_file(dir.path(), "big.bin", size, 8);
-    let mut server = Server::settled(&path, &["--send-timeout", "1"]);
+    let file = std::fs::read(&path).unwrap();
+    let mut server = Server::settled(&path, &["--send-timeout", "2"]);
     let addr = server.addr;
     let timed = || {
         let t = Instant::now();
@@ -344,28 +371,36 @@ fn never_reading_client_times_out_others_keep_speed() {
         assert!(d.is_exact(size, &dig));
         t.elapsed()
     };
-    let _ = timed(); // warm the page cache
-    let alone = timed();
+    // Each figure is the best of three, so that a hiccup of this shared machine is not
+    // taken for the server's doing; the first fetch warms the page cache.
+    let best_of_3 = || (0..3).map(|_| timed()).min().unwrap();
+    timed();
+    let alone = best_of_3();
 
     let mut stuck = stalled_client(addr, None);
     let sport = port(&stuck);
     let since = Instant::now();
-    let beside = timed();
-    let out = dir.path().join("out.bin");
-    let r = fetch(&server.target(), &out, &[]);
-    assert!(r.status.success(), "{}", describe(&r));
-    eprintln!("send timeout: {size} bytes alone {alone:?}, beside a stuck client {beside:?}");
+    let beside = best_of_3();
+    let measured_in = since.elapsed();
     assert!(
-        beside <= alone * 5 + Duration::from_millis(500),
-        "a stuck client slowed another one down: {beside:?} vs {alone:?} alone"
+        server.wait_log(sport, 0).is_none(),
+        "test design: the stuck client was closed before the measurement ended ({measured_in:?})"
     );
+    eprintln!("send timeout: {size} bytes alone {alone:?}, beside a stuck client {beside:?}");
+    assert!(beside <= alone * 3, "a stuck client slowed another one down: {beside:?} vs {alone:?} alone");
+    let out = dir.path().join("out.bin");
+    assert_fetched(&out, &fetch(&server.target(), &out, &[]), &file);
+
     let line = server.expect_log(sport, 6);
     let after = since.elapsed();
     assert!(line.contains("timed out"), "stuck client logged as: {line}");
-    assert!(after >= Duration::from_millis(800), "stuck client cut after only {after:?} (timeout is 1 s)");
+    assert!(after >= Duration::from_millis(1600), "stuck client cut after only {after:?} (timeout is 2 s)");
+    // Closed by the server; what it still holds for us (after the header it read) is the
+    // exact start of the body, and far from all of it.
     let got = read_until_closed(&mut stuck, Duration::from_secs(5));
-    assert!(got.closed_at.is_some(), "timed-out client's connection still open");
-    assert!((got.data.len() as u64) < size);
+    assert!(got.closed_at.is_some(), "timed-out client's connection still open 5 s after its log line");
+    let n = got.data.len();
+    assert!(n < file.len() && got.data == file[..n], "the stuck client's {n} bytes are not the start of the body");
     server.assert_healthy();
 }
 
@@ -427,6 +462,24 @@ fn dribbled_request_hits_total_deadline() {
     server.assert_healthy();
 }
 
+/// Expects a refusal with `want` on a connection that has sent its request, within `secs`.
+fn assert_refused(s: &mut TcpStream, want: Status, secs: u64, what: &str) {
+    let t = Instant::now();
+    let got = read_until_closed(s, Duration::from_secs(secs));
+    let at = got
+        .closed_at
+        .unwrap_or_else(|| panic!("{what}: neither refused nor closed within {secs} s ({} bytes)", got.data.len()));
+    match encoding::decode_response(&got.data) {
+        Ok(encoding::Decoded::Done(Response::Refused { status, reason }, n)) => {
+            assert_eq!(status, want, "{what}: reason {reason:?}");
+            assert_eq!(n, got.data.len(), "{what}: bytes after the refusal");
+        }
+        other => panic!("{what}: expected a {want:?} refusal, got {other:?} ({} bytes)", got.data.len()),
+    }
+    let took = at - t;
+    assert!(took <= Duration::from_millis(1500), "{what}: refused only after {took:?}");
+}
+
 /// Case 10: `--max-clients 4`: with four clients in, a fifth is refused "busy" at once (the
 /// fetch exits 6), and is served once the others leave.
 #[test]
@@ -438,22 +491,9 @@ fn max_clients_refuses_busy_fast() {
     let addr = server.addr;
     let stuck: Vec<TcpStream> = (0..4).map(|_| stalled_client(addr, None)).collect();
 
-    let t = Instant::now();
     let mut s = connect(addr, None, None).unwrap();
     let _ = s.write_all(&request(None));
-    let got = read_until_closed(&mut s, Duration::from_secs(3));
-    let ended = got
-        .closed_at
-        .unwrap_or_else(|| panic!("5th client neither refused nor closed within 3 s ({} bytes)", got.data.len()));
-    assert!(ended - t <= Duration::from_millis(1500), "5th client refused only after {:?}", ended - t);
-    if !got.data.is_empty() {
-        match encoding::decode_response(&got.data) {
-            Ok(encoding::Decoded::Done(Response::Refused { status, .. }, _)) => assert_eq!(status, Status::Busy),
-            other => panic!("5th client expected busy, got {other:?}"),
-        }
-    } else {
-        eprintln!("max-clients: 5th raw client was closed without a busy header");
-    }
+    assert_refused(&mut s, Status::Busy, 3, "5th client");
 
     let outdir = dir.path().join("out");
     std::fs::create_dir(&outdir).unwrap();
@@ -488,14 +528,7 @@ fn max_per_ip_refuses_busy_other_address_served() {
 
     let mut s = connect(addr, Some(ip(127, 0, 0, 1)), None).unwrap();
     let _ = s.write_all(&request(None));
-    let got = read_until_closed(&mut s, Duration::from_secs(3));
-    assert!(got.closed_at.is_some(), "3rd client from 127.0.0.1 neither refused nor closed within 3 s");
-    if !got.data.is_empty() {
-        match encoding::decode_response(&got.data) {
-            Ok(encoding::Decoded::Done(Response::Refused { status, .. }, _)) => assert_eq!(status, Status::Busy),
-            other => panic!("3rd client expected busy, got {other:?}"),
-        }
-    }
+    assert_refused(&mut s, Status::Busy, 3, "3rd client from 127.0.0.1");
     let outdir = dir.path().join("out");
     std::fs::create_dir(&outdir).unwrap();
     let out = outdir.join("out.bin");
@@ -944,6 +977,7 @@ fn client_stall_and_silence_time_out() {
             fillers.push(s);
         }
     }
+    assert!(fillers.len() < 4, "test design: the accept queue never filled, so no connect would hang");
     let t = Instant::now();
     let r = fetch(&laddr.to_string(), &out, &["--timeout", "1"]);
     assert_failed_clean(&r, &[3], &outdir, &[]);
@@ -999,17 +1033,13 @@ fn client_rejects_bad_headers() {
 /// file untouched. Skipped where tmpfs cannot be mounted.
 #[test]
 fn client_disk_full() {
-    let (dir, _data, mut server) = client_fixture(22);
-    let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("client_disk_full: SKIPPED (cannot mount a tmpfs here)");
+    // Whether a tmpfs can be mounted here is known only by trying; try before anything else.
+    let mnt_dir = tempdir();
+    let mnt = mnt_dir.path().to_path_buf();
+    let mounted =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&mnt).stderr(Stdio::null()).status();
+    if !mounted.as_ref().is_ok_and(|s| s.success()) {
+        skipped("client_disk_full", &format!("cannot mount a 1 MiB tmpfs here ({mounted:?}; needs CAP_SYS_ADMIN)"));
         return;
     }
     struct Umount(std::path::PathBuf);
@@ -1019,6 +1049,7 @@ fn client_disk_full() {
         }
     }
     let _u = Umount(mnt.clone());
+    let (_dir, _data, mut server) = client_fixture(22);
     let out = mnt.join("out.bin");
     std::fs::write(&out, b"old").unwrap();
     let r = fetch(&server.target(), &out, &[]);
@@ -1045,6 +1076,7 @@ fn client_killed_leaves_old_or_whole() {
     std::fs::write(&out, b"old").unwrap();
     let mut rng = Rng::new(24);
     let mut completed = 0;
+    let mut mid_transfer = 0;
     for _ in 0..6 {
         let mut child = fetch_command(&proxy.target(), &out, &["--quiet"])
             .stdin(Stdio::null())
@@ -1054,10 +1086,14 @@ fn client_killed_leaves_old_or_whole() {
             .unwrap();
         // The subject: a kill at a random moment of the transfer (about 1.3 s long).
         thread::sleep(Duration::from_millis(rng.below(2500)));
+        let pid = format!(".xfer-{}-", child.id());
+        let writing = dir_names(&outdir).iter().any(|n| is_temp_of(n, "out.bin") && n.contains(&pid));
         let _ = child.kill();
         let st = child.wait().unwrap();
         if st.success() {
             completed += 1;
+        } else if writing {
+            mid_transfer += 1;
         }
         let now = std::fs::read(&out).expect("output path vanished");
         assert!(now == b"old" || now == data, "output holds {} bytes: neither old nor new", now.len());
@@ -1065,7 +1101,8 @@ fn client_killed_leaves_old_or_whole() {
             std::fs::write(&out, b"old").unwrap();
         }
     }
-    eprintln!("killed fetches: {completed} of 6 had completed before the kill");
+    eprintln!("killed fetches: {completed} of 6 had completed before the kill, {mid_transfer} were mid-transfer");
+    assert!(mid_transfer > 0, "test design: no fetch was killed while writing its temporary file");
     drop(proxy);
     server.assert_healthy();
 }

@@ -173,7 +173,12 @@ pub fn drain_with(
     let mut bytes = 0u64;
     let mut in_burst = 0usize;
     let mut data = Vec::new();
+    let born = Instant::now();
     let err = loop {
+        // A ceiling for a peer that never stops; the socket's read timeout ends a stall.
+        if born.elapsed() > Duration::from_secs(600) {
+            break Some(io::Error::new(ErrorKind::TimedOut, "still sending after 10 minutes"));
+        }
         match s.read(&mut buf) {
             Ok(0) => break None,
             Ok(n) => {
