@@ -7,5 +7,6 @@ mod util;
 
 mod basic;
 mod faults;
+mod promises;
 mod regressions;
 mod signals;
