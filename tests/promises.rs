@@ -1,11 +1,14 @@
 //! What README.md and docs/RELIABILITY.md promise and no other test checked: one test per
 //! promise, named after it, each able to fail when the promised behaviour breaks.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::util::encoding::{Response, Status};
 use crate::util::proxy::{Action, Plan, Proxy};
+use crate::util::raw::{self, port, request_header, stalled_client};
 use crate::util::*;
 
 // ---------------------------------------------------------------------------------------
@@ -126,4 +129,207 @@ fn fetch_to_stdout_still_verifies_a_flipped_bit_exits_4() {
     flipped[at] ^= 1 << 3;
     assert!(res.stdout == flipped, "stdout: {} bytes, not the received stream", res.stdout.len());
     assert!(dir_names(cwd.path()).is_empty(), "fetch to stdout wrote files: {:?}", dir_names(cwd.path()));
+}
+
+// ---------------------------------------------------------------------------------------
+// README: `--threads N`: "N event loops on one port (SO_REUSEPORT) sharing one snapshot
+// and the limits"; RELIABILITY.md: "With `--threads` the limits are shared by all event
+// loops."
+// ---------------------------------------------------------------------------------------
+
+/// Bytes each thread of `pid` has written (`wchar` of `/proc/PID/task/TID/io`: `write`,
+/// `writev` and `sendfile` all count).
+fn thread_wchar(pid: u32) -> Vec<(String, u64)> {
+    let wchar = |tid: &str| -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/io")).unwrap_or_default();
+        io.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| {
+                    let tid = e.file_name().to_string_lossy().into_owned();
+                    let w = wchar(&tid);
+                    (tid, w)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn threads_serve_many_concurrent_fetches_exactly() {
+    let dir = tempdir();
+    let data = std::sync::Arc::new(random_bytes((8 * MIB) as usize, 2020));
+    let path = write_file(dir.path(), "big.bin", &data);
+    let mut server = Server::settled(&path, &["--threads", "3"]);
+    let before = thread_wchar(server.pid());
+    assert!(before.len() >= 3, "--threads 3 runs {} threads", before.len());
+
+    let outdir = tempdir();
+    let n = 30;
+    let fetches: Vec<_> = (0..n)
+        .map(|i| {
+            let out = outdir.path().join(format!("copy{i}"));
+            let target = server.target();
+            std::thread::spawn(move || {
+                let res = fetch(&target, &out, &["--quiet"]);
+                (out, res)
+            })
+        })
+        .collect();
+    for h in fetches {
+        let (out, res) = h.join().expect("fetch thread");
+        assert_fetched(&out, &res, &data);
+    }
+    let pat = format!(" complete: {} bytes", data.len());
+    let logged = server.wait_stderr(10, |e| count_lines(e, &pat) >= n);
+    assert!(logged, "expected {n} `complete` lines:\n{}", server.stderr());
+
+    // The kernel spread the connections over the loops (30 of them all on one of three
+    // loops has odds of 3^-29): more than one loop did the sending, each sending whole files.
+    let after = thread_wchar(server.pid());
+    let sent: Vec<u64> =
+        after.iter().map(|(tid, w)| w - before.iter().find(|(b, _)| b == tid).map_or(0, |(_, bw)| *bw)).collect();
+    eprintln!("--threads 3: bytes written per thread for {n} fetches: {sent:?}");
+    let busy = sent.iter().filter(|w| **w >= data.len() as u64).count();
+    assert!(busy >= 2, "only {busy} thread(s) of the server sent a whole file of the {n}: bytes per thread {sent:?}");
+    assert!(sent.iter().sum::<u64>() >= n as u64 * data.len() as u64, "bytes per thread {sent:?}");
+    server.assert_healthy();
+}
+
+/// Opens clients one at a time from `bind(i)`, each sending its request and then never
+/// reading; returns how each was answered, with the streams kept open.
+fn hold_clients(
+    addr: std::net::SocketAddr,
+    n: usize,
+    bind: impl Fn(usize) -> std::net::IpAddr,
+) -> Vec<(std::net::TcpStream, Response)> {
+    (0..n).map(|i| request_header(addr, Some(bind(i)), Some(4096))).collect()
+}
+
+fn assert_limit(held: &[(std::net::TcpStream, Response)], admitted: usize, what: &str) {
+    for (i, (_, r)) in held.iter().enumerate() {
+        if i < admitted {
+            assert!(matches!(r, Response::Ok { .. }), "{what}: client {i} of the first {admitted} not served: {r:?}");
+        } else {
+            assert!(
+                matches!(r, Response::Refused { status: Status::Busy, .. }),
+                "{what}: client {i}, over the limit of {admitted} for the whole server, got {r:?}, not busy"
+            );
+        }
+    }
+}
+
+#[test]
+fn threads_share_the_client_limits() {
+    let dir = tempdir();
+    let (path, _) = big_file(dir.path(), "big.bin", 32 * MIB, 2021);
+    // Which loop a connection lands on is the kernel's choice; 12 connections all on one
+    // of three loops has odds of 3^-11. Per-loop limits would admit 4 per loop.
+    {
+        let mut server = Server::settled(&path, &["--threads", "3", "--max-clients", "4"]);
+        // Each from its own address, so that no per-address limit takes part.
+        let held = hold_clients(server.addr, 12, |i| raw::ip(127, 0, 5, 1 + i as u8));
+        assert_limit(&held, 4, "--threads 3 --max-clients 4");
+        drop(held);
+        server.assert_healthy();
+    }
+    {
+        let mut server = Server::settled(&path, &["--threads", "3", "--max-per-ip", "2"]);
+        let held = hold_clients(server.addr, 8, |_| raw::ip(127, 0, 0, 1));
+        assert_limit(&held, 2, "--threads 3 --max-per-ip 2");
+        // Another address is not held back by the first one's limit.
+        let other = stalled_client(server.addr, Some(raw::ip(127, 0, 0, 2)));
+        drop((held, other));
+        server.assert_healthy();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// README: `--quiet`: "no per-transfer log lines"; "The first line on stdout is `listening
+// on ADDR:PORT`... Next come the file's size and BLAKE3 digest, then the exact command
+// to fetch it. Each finished transfer logs one line on stderr."
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn quiet_server_logs_no_transfer_lines_but_keeps_its_banner() {
+    let dir = tempdir();
+    let data = random_bytes(300_000, 2060);
+    let path = write_file(dir.path(), "f.bin", &data);
+    for quiet in [false, true] {
+        let extra: &[&str] = if quiet { &["--quiet"] } else { &[] };
+        let mut server = Server::start(&path, extra);
+        let ok = wait_until(Duration::from_secs(10), || server.stdout_lines().len() >= 3);
+        let banner = server.stdout_lines();
+        assert!(ok, "quiet {quiet}: banner {banner:?}");
+        assert!(banner[0].starts_with("listening on "), "quiet {quiet}: {banner:?}");
+        assert!(banner[1].contains(&blake3::hash(&data).to_hex().to_string()), "quiet {quiet}: {banner:?}");
+        assert!(banner[2].contains("xfer fetch"), "quiet {quiet}: {banner:?}");
+
+        // Three transfers: two complete, one that is not our protocol.
+        for i in 0..2 {
+            let out = dir.path().join(format!("copy-{quiet}-{i}"));
+            assert_fetched(&out, &fetch(&server.target(), &out, &["--quiet"]), &data);
+        }
+        let mut junk = raw::connect(server.addr, None, None).unwrap();
+        junk.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let closed = raw::read_until_closed(&mut junk, Duration::from_secs(5));
+        assert!(closed.closed_at.is_some(), "quiet {quiet}: junk connection not closed");
+
+        // Everything the server will ever log about them is out once it has exited.
+        server.signal(libc::SIGTERM);
+        server.assert_exits(0, 10.0, &format!("quiet {quiet}: SIGTERM"));
+        let err = server.stderr();
+        let lines = transfer_lines(&err);
+        if quiet {
+            assert!(lines.is_empty(), "--quiet logged transfers:\n{err}");
+        } else {
+            assert_eq!(lines.len(), 3, "one line per transfer expected:\n{err}");
+            assert_eq!(count_lines(&err, " complete: "), 2, "{err}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// README: "`--drain-timeout SECS`: on exit, how long in-flight transfers may take to
+// finish"; SIGTERM "stops accepting, drains within the deadline, and exits 0".
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn drain_deadline_closes_unfinished_transfers_then_exits_0() {
+    let dir = tempdir();
+    let size = 64 * MIB;
+    let (file, _) = big_file(dir.path(), "big.bin", size, 2070);
+    let mut server = Server::start(&file, &["--drain-timeout", "1"]);
+    let mut stuck = stalled_client(server.addr, None);
+    let sport = port(&stuck);
+
+    let t0 = Instant::now();
+    server.signal(libc::SIGTERM);
+    server.assert_exits(0, 10.0, "SIGTERM with a client that never reads");
+    let took = t0.elapsed();
+    let err = server.stderr();
+    // About the deadline: not before it (the server's clock starts after our t0), and not
+    // long after it.
+    assert!(took >= Duration::from_millis(950), "exited {took:?} after SIGTERM, before the 1 s deadline:\n{err}");
+    assert!(took <= Duration::from_secs(4), "exited only {took:?} after SIGTERM with a 1 s deadline:\n{err}");
+
+    // In this order: the drain begins, the deadline passes and closes the one unfinished
+    // transfer, which is logged as cut; then the exit (the stream is complete at EOF).
+    let at = |pat: &str| err.find(pat).unwrap_or_else(|| panic!("no {pat:?} in the server's stderr:\n{err}"));
+    let began = at("SIGTERM: exiting");
+    let deadline = at("drain deadline passed: closing 1 unfinished transfer(s)");
+    let cut = at(&format!(":{sport} cut (server exiting)"));
+    assert!(began < deadline && deadline < cut, "out of order:\n{err}");
+
+    // The stuck client is closed, with the exact start of the body (after the header it
+    // read) and far from all of it.
+    let got = raw::read_until_closed(&mut stuck, Duration::from_secs(5));
+    assert!(got.closed_at.is_some(), "the stuck client is still open 5 s after the server exited");
+    let n = got.data.len();
+    let start = std::fs::read(&file).unwrap();
+    assert!((n as u64) < size && got.data == start[..n], "the stuck client's {n} bytes are not the start of the body");
 }

@@ -1,5 +1,6 @@
 //! Signals: Ctrl+C on a terminal (under a pseudo-terminal), SIGINT/SIGTERM without one,
-//! the drain and its deadline, a second signal, and SIGHUP reloading the file.
+//! the drain, a second signal, and SIGHUP reloading the file. The drain deadline and the
+//! client's own signals are in `promises`.
 //!
 //! Every wait is bounded; the only timing assertions are generous deadlines, and the few
 //! sleeps are the subject (a transfer measured while a prompt is open, a server that must
@@ -391,43 +392,7 @@ fn no_tty_sigint_refuses_new_drains_in_flight_exits_0() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. No terminal: the drain deadline force-closes a client that never reads.
-// ---------------------------------------------------------------------------------------
-
-#[test]
-fn no_tty_drain_deadline_force_closes_stuck_client() {
-    let dir = tempdir();
-    let size = 64 * MIB;
-    let (file, _) = big_file(dir.path(), "big.bin", size, 505);
-    let mut srv = Server::start(&file, &["--drain-timeout", "1"]);
-    let mut stuck = raw::stalled_client(srv.addr, None);
-    let sport = raw::port(&stuck);
-
-    let t0 = Instant::now();
-    srv.signal(libc::SIGTERM);
-    srv.assert_exits(0, 10.0, "drain deadline with a client that never reads");
-    let took = t0.elapsed();
-    let err = srv.stderr();
-    // Not before the deadline (the server's clock starts after our t0), and because of it.
-    assert!(took >= Duration::from_millis(950), "exited {took:?} after SIGTERM, before the 1 s deadline:\n{err}");
-    assert!(
-        err.contains("drain deadline passed: closing 1 unfinished transfer(s)"),
-        "no drain-deadline line for the one stuck transfer:\n{err}"
-    );
-    let line = err.lines().find(|l| l.contains(&format!(":{sport} "))).unwrap_or_default();
-    assert!(line.contains("cut (server exiting)"), "stuck client's log line: {line:?}\nstderr:\n{err}");
-
-    // The stuck client is closed, with the exact start of the body (after the header it
-    // read) and far from all of it.
-    let got = raw::read_until_closed(&mut stuck, Duration::from_secs(5));
-    assert!(got.closed_at.is_some(), "stuck client still open 5 s after the server exited");
-    let n = got.data.len();
-    let start = std::fs::read(&file).unwrap();
-    assert!((n as u64) < size && got.data == start[..n], "the stuck client's {n} bytes are not the start of the body");
-}
-
-// ---------------------------------------------------------------------------------------
-// 6. No terminal: a second signal during the drain exits at once with 130.
+// 5. No terminal: a second signal during the drain exits at once with 130.
 // ---------------------------------------------------------------------------------------
 
 fn no_tty_second_signal(first: i32, second: i32, seed: u64) {
@@ -458,7 +423,7 @@ fn no_tty_sigint_then_sigterm_during_drain_exits_130() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 7. SIGHUP after a replace-by-rename: in flight finishes the old file, new gets the new.
+// 6. SIGHUP after a replace-by-rename: in flight finishes the old file, new gets the new.
 // ---------------------------------------------------------------------------------------
 
 #[test]
