@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::encoding::{Response, Status};
 use crate::util::proxy::{Action, Plan, Proxy};
-use crate::util::raw::{self, port, request_header, stalled_client};
+use crate::util::raw::{self, expect_refusal, port, request, request_header, stalled_client};
 use crate::util::*;
 
 // ---------------------------------------------------------------------------------------
@@ -332,4 +332,146 @@ fn drain_deadline_closes_unfinished_transfers_then_exits_0() {
     let n = got.data.len();
     let start = std::fs::read(&file).unwrap();
     assert!((n as u64) < size && got.data == start[..n], "the stuck client's {n} bytes are not the start of the body");
+}
+
+// ---------------------------------------------------------------------------------------
+// RELIABILITY.md: "After a failed reload (the file missing, or changing while it is
+// read), automatic retries wait 1 s. While no good snapshot exists, new clients are
+// refused with 'the file is being changed on the server; try again shortly'."
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn file_being_changed_refuses_new_clients_then_a_retry_gets_the_new_version() {
+    let dir = tempdir();
+    // Over 256 KiB: served from the open descriptor, not from memory, so a change to the
+    // file makes the snapshot unservable.
+    let (path, _) = big_file(dir.path(), "served.bin", 4 * MIB, 2030);
+    backdate(&path);
+    let server = Server::start(&path, &[]);
+    // A client in flight keeps the server checking the file while serving it.
+    let stalled = stalled_client(server.addr, None);
+    let sport = port(&stalled);
+
+    // The file is being changed: moved aside (the server's descriptor follows it) and
+    // rewritten in place there, while nothing is at the served path.
+    let aside = dir.path().join("served.bin.editing");
+    std::fs::rename(&path, &aside).unwrap();
+    overwrite_in_place(&aside, MIB, 2031);
+
+    // The server notices, cannot read a new version, and cuts the client of the old one.
+    let failed = server.wait_stderr(5, |e| e.contains("reload failed"));
+    assert!(failed, "no failed reload logged 5 s after the file changed and vanished:\n{}", server.stderr());
+    let line = server.expect_log(sport, 5);
+    assert!(line.contains("cut (file changed)"), "the client of the changed file was not cut: {line}");
+
+    // New clients are refused, with status 7 and the promised reason, and a fetch leaves
+    // nothing.
+    let (status, reason) = expect_refusal(server.addr, None, &request(None));
+    assert_eq!(status, Status::Unavailable, "reason {reason:?}");
+    let promised = "the file is being changed on the server; try again shortly";
+    assert!(reason.contains(promised), "refusal reason {reason:?}");
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = outdir.join("out.bin");
+    let r = fetch(&server.target(), &out, &[]);
+    assert_failed(&r, &[6], "fetch while the file is being changed");
+    assert!(stderr_of(&r).contains(promised), "the reason is not shown:\n{}", describe(&r));
+    assert_nothing_left(&outdir, &out, None, "fetch while the file is being changed");
+
+    // The new version lands (written aside, renamed into place). Trying again shortly, as
+    // the reason says: the server retries a failed reload after 1 s, so within a few
+    // seconds a fetch gets the new file. Until then, only the same refusal is allowed.
+    let new = random_bytes((3 * MIB + 5) as usize, 2032);
+    let tmp = write_file(dir.path(), "served.bin.new", &new);
+    std::fs::rename(&tmp, &path).unwrap();
+    let mut last = None;
+    for _ in 0..30 {
+        let r = fetch(&server.target(), &out, &["--quiet"]);
+        if r.status.success() {
+            last = Some(r);
+            break;
+        }
+        assert_failed(&r, &[6], "fetch right after the file came back");
+        assert!(stderr_of(&r).contains(promised), "unexpected refusal:\n{}", describe(&r));
+        assert_nothing_left(&outdir, &out, None, "refused fetch");
+        // The subject: a client trying again shortly.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = last.unwrap_or_else(|| panic!("still refused ~6 s after the file came back:\n{}", server.stderr()));
+    assert_fetched(&out, &r, &new);
+    assert!(server.stderr().contains("reloaded"), "no reload logged:\n{}", server.stderr());
+}
+
+// ---------------------------------------------------------------------------------------
+// README: "SIGHUP re-reads the file (also after a replace-by-rename)"; RELIABILITY.md:
+// "SIGHUP, or a file replaced by rename, gives new clients a new snapshot."
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn rename_alone_gives_new_clients_the_new_file() {
+    let dir = tempdir();
+    let old = random_bytes((MIB + 7) as usize, 2040);
+    let path = write_file(dir.path(), "served.bin", &old);
+    // No client before the rename: the first client after it is also the server's first
+    // look at the file since its snapshot, whatever the look interval.
+    let server = Server::start(&path, &[]);
+    let ok = wait_until(Duration::from_secs(10), || server.stdout_lines().len() >= 2);
+    assert!(ok, "no second banner line: {:?}", server.stdout_lines());
+    let old_hex = blake3::hash(&old).to_hex().to_string();
+    assert!(server.stdout_lines()[1].contains(&old_hex), "the server did not take the old file first");
+
+    // A new version, written beside it and renamed over it; no SIGHUP.
+    let new = random_bytes((2 * MIB + 3) as usize, 2041);
+    let tmp = write_file(dir.path(), "served.bin.tmp", &new);
+    std::fs::rename(&tmp, &path).unwrap();
+
+    let out = dir.path().join("copy");
+    let r = fetch(&server.target(), &out, &["--quiet"]);
+    assert!(r.status.success(), "fetch after the rename failed:\n{}", describe(&r));
+    let got = std::fs::read(&out).unwrap();
+    assert!(got != old, "a file replaced by rename (no SIGHUP): a new client still got the old version");
+    assert!(got == new, "fetched {} bytes, neither the old nor the new version", got.len());
+    let (_, header) = request_header(server.addr, None, None);
+    assert_eq!(header, Response::Ok { size: new.len() as u64, digest: digest(&new) }, "header of the new file");
+}
+
+// ---------------------------------------------------------------------------------------
+// RELIABILITY.md: "Older snapshots still in use are watched too: an in-place change
+// followed by SIGHUP still cuts their clients."
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn in_place_change_and_sighup_cut_clients_of_the_old_snapshot() {
+    let dir = tempdir();
+    let size = 32 * MIB;
+    let (path, _) = big_file(dir.path(), "served.bin", size, 2050);
+    backdate(&path);
+    let server = Server::start(&path, &[]);
+    // A slow client, with most of the file still unsent on the server's side.
+    let slow = Plan::slow_down(64 * 1024, Duration::from_millis(10)).server_rcvbuf(64 * 1024);
+    let proxy = Proxy::start(server.addr, slow);
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = outdir.join("out.bin");
+    let (target, o2) = (proxy.target(), out.clone());
+    let fetcher = std::thread::spawn(move || fetch(&target, &o2, &["--timeout", "10"]));
+    let going = wait_until(Duration::from_secs(20), || proxy.down_bytes() >= 2 * MIB);
+    assert!(going, "the slow transfer did not get going ({} bytes)", proxy.down_bytes());
+
+    // Same size, other bytes, ahead of the client; then SIGHUP at once.
+    overwrite_in_place(&path, size / 2, 2051);
+    server.signal(libc::SIGHUP);
+    let at_change = proxy.down_bytes();
+    assert!(at_change < size / 2, "test design: the client had passed the changed bytes ({at_change})");
+
+    let r = fetcher.join().unwrap();
+    assert_failed(&r, &[3, 4], "the slow fetch of the changed file");
+    assert_nothing_left(&outdir, &out, None, "the slow fetch of the changed file");
+    let sport = proxy.server_ports()[0];
+    let line = server.expect_log(sport, 5);
+    assert!(line.contains("cut (file changed)"), "the old snapshot's client was not cut: {line}");
+
+    // And new clients get the new version.
+    let now = std::fs::read(&path).unwrap();
+    assert_fetched(&out, &fetch(&server.target(), &out, &["--quiet"]), &now);
 }
