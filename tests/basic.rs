@@ -36,13 +36,20 @@ fn served_file(name: &str, data: &[u8]) -> (tempfile::TempDir, PathBuf) {
     (dir, p)
 }
 
-/// Fetches from a fake into `dir/out.bin` with a short timeout.
-fn fetch_from_fake(f: &Fake, dir: &Path, extra: &[&str]) -> (PathBuf, Output) {
-    let out = dir.join("out.bin");
-    let mut args = vec!["--timeout", "5"];
-    args.extend_from_slice(extra);
-    let o = fetch(&f.target(), &out, &args);
-    (out, o)
+/// Fetches from a fake into a fresh directory (holding an older output `old`, if any), with
+/// a short timeout; asserts the fake got a valid request, and the fetch failed with `code`
+/// and left nothing new behind.
+fn fetch_from_fake_fails(f: &Fake, old: Option<&[u8]>, code: i32, what: &str) -> Output {
+    let dir = tempdir();
+    let out = dir.path().join("out.bin");
+    if let Some(old) = old {
+        std::fs::write(&out, old).unwrap();
+    }
+    let res = fetch(&f.target(), &out, &["--timeout", "5"]);
+    f.assert_request_ok();
+    assert_failed(&res, &[code], what);
+    assert_nothing_left(dir.path(), &out, old, what);
+    res
 }
 
 // ---------------------------------------------------------------------------------------
@@ -129,23 +136,7 @@ fn fifty_concurrent_fetches_are_identical_and_logged() {
     let (_sd, path) = served_file("big.bin", &data);
     let mut server = Server::settled(&path, &[]);
     let out_dir = tempdir();
-    let target = server.target();
-
-    let handles: Vec<_> = (0..50)
-        .map(|i| {
-            let out = out_dir.path().join(format!("copy{i}"));
-            let target = target.clone();
-            thread::spawn(move || {
-                let res = fetch(&target, &out, &["--quiet"]);
-                (out, res)
-            })
-        })
-        .collect();
-    for h in handles {
-        let (out, res) = h.join().expect("fetch thread");
-        assert_fetched(&out, &res, &data);
-        std::fs::remove_file(&out).unwrap();
-    }
+    assert_concurrent_fetches(&server.target(), out_dir.path(), 50, &data);
     assert!(dir_names(out_dir.path()).is_empty(), "left behind: {:?}", dir_names(out_dir.path()));
 
     let pat = format!(" complete: {} bytes", data.len());
@@ -260,12 +251,7 @@ fn fake_server_wrong_digest_is_rejected() {
     let mut wrong = digest(&body);
     wrong[7] ^= 0x20;
     let f = Fake::reply_then_drain([&encoding::encode_ok(body.len() as u64, &wrong)[..], &body].concat());
-    let dir = tempdir();
-    std::fs::write(dir.path().join("out.bin"), b"old contents").unwrap();
-    let (out, res) = fetch_from_fake(&f, dir.path(), &[]);
-    f.assert_request_ok();
-    assert_failed(&res, &[4], "wrong digest");
-    assert_nothing_left(dir.path(), &out, Some(b"old contents"), "wrong digest");
+    fetch_from_fake_fails(&f, Some(b"old contents"), 4, "wrong digest");
 }
 
 #[test]
@@ -274,22 +260,14 @@ fn fake_server_short_body_is_network_error() {
     // A plain close (FIN) after half the body.
     let f =
         Fake::reply([&encoding::encode_ok(body.len() as u64, &digest(&body))[..], &body[..100_000]].concat(), false);
-    let dir = tempdir();
-    let (out, res) = fetch_from_fake(&f, dir.path(), &[]);
-    f.assert_request_ok();
-    assert_failed(&res, &[3], "short body");
-    assert_nothing_left(dir.path(), &out, None, "short body");
+    fetch_from_fake_fails(&f, None, 3, "short body");
 }
 
 #[test]
 fn fake_http_server_is_protocol_error() {
     let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n";
     let f = Fake::reply_then_drain([&head[..], &[b'x'; 5000]].concat());
-    let dir = tempdir();
-    let (out, res) = fetch_from_fake(&f, dir.path(), &[]);
-    f.assert_request_ok();
-    assert_failed(&res, &[4], "HTTP answer");
-    assert_nothing_left(dir.path(), &out, None, "HTTP answer");
+    fetch_from_fake_fails(&f, None, 4, "HTTP answer");
 }
 
 #[test]
@@ -297,12 +275,8 @@ fn fake_refusal_is_shown_and_exits_6() {
     let mut buf = [0u8; encoding::HEADER_LEN + encoding::MAX_REASON];
     let n = encoding::encode_refusal(Status::Busy, "go away", &mut buf);
     let f = Fake::reply_then_drain(buf[..n].to_vec());
-    let dir = tempdir();
-    let (out, res) = fetch_from_fake(&f, dir.path(), &[]);
-    f.assert_request_ok();
-    assert_failed(&res, &[6], "refusal");
+    let res = fetch_from_fake_fails(&f, None, 6, "refusal");
     assert!(error_lines(&res)[0].contains("go away"), "reason not shown:\n{}", describe(&res));
-    assert_nothing_left(dir.path(), &out, None, "refusal");
 }
 
 #[test]

@@ -170,20 +170,7 @@ fn threads_serve_many_concurrent_fetches_exactly() {
 
     let outdir = tempdir();
     let n = 30;
-    let fetches: Vec<_> = (0..n)
-        .map(|i| {
-            let out = outdir.path().join(format!("copy{i}"));
-            let target = server.target();
-            std::thread::spawn(move || {
-                let res = fetch(&target, &out, &["--quiet"]);
-                (out, res)
-            })
-        })
-        .collect();
-    for h in fetches {
-        let (out, res) = h.join().expect("fetch thread");
-        assert_fetched(&out, &res, &data);
-    }
+    assert_concurrent_fetches(&server.target(), outdir.path(), n, &data);
     let pat = format!(" complete: {} bytes", data.len());
     let logged = server.wait_stderr(10, |e| count_lines(e, &pat) >= n);
     assert!(logged, "expected {n} `complete` lines:\n{}", server.stderr());

@@ -112,6 +112,13 @@ impl PtyServer {
         }
     }
 
+    /// Answers "e" to the question and waits for the "exiting" line.
+    fn answer_exit(&mut self) {
+        self.type_text("e\n");
+        let ok = self.wait_tty(10, |t| t.to_ascii_lowercase().contains("exiting"));
+        assert!(ok, "no \"exiting\" line after answering e; terminal:\n{}", self.tty());
+    }
+
     fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -203,9 +210,7 @@ fn tty_ctrl_c_pauses_then_continue_resumes() {
     let before = srv.prompts();
     srv.signal(libc::SIGINT);
     srv.wait_prompt(before + 1);
-    srv.type_text("e\n");
-    let ok = srv.wait_tty(10, |t| t.to_ascii_lowercase().contains("exiting"));
-    assert!(ok, "no \"exiting\" line after answering e; terminal:\n{}", srv.tty());
+    srv.answer_exit();
     srv.assert_exits(0, 10.0, "answer e with nothing in flight");
 }
 
@@ -244,9 +249,7 @@ fn tty_transfer_keeps_flowing_while_prompt_is_open_then_exit_drains() {
     );
     assert!(c1 < size, "transfer finished too early for the test to mean anything ({c1} of {size})");
 
-    srv.type_text("e\n");
-    let ok = srv.wait_tty(10, |t| t.to_ascii_lowercase().contains("exiting"));
-    assert!(ok, "no \"exiting\" line after answering e; terminal:\n{}", srv.tty());
+    srv.answer_exit();
 
     // Still draining (not exited) while the transfer is unfinished, and still sending.
     let c2 = reader.count();
@@ -292,9 +295,7 @@ fn tty_second_ctrl_c_while_draining_exits_130() {
 
     srv.signal(libc::SIGINT);
     srv.wait_prompt(1);
-    srv.type_text("e\n");
-    let ok = srv.wait_tty(10, |t| t.to_ascii_lowercase().contains("exiting"));
-    assert!(ok, "no \"exiting\" line after answering e; terminal:\n{}", srv.tty());
+    srv.answer_exit();
     // The subject: the server does not exit (the drain deadline is 30 s); only a wait shows it.
     std::thread::sleep(Duration::from_millis(300));
     assert!(

@@ -496,6 +496,26 @@ pub fn fetch_command(target: &str, out: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `n` fetches of `target` at once into `dir/copyN` and asserts each one got exactly
+/// `expected` (the copies are removed once checked).
+pub fn assert_concurrent_fetches(target: &str, dir: &Path, n: usize, expected: &Arc<Vec<u8>>) {
+    let fetches: Vec<_> = (0..n)
+        .map(|i| {
+            let out = dir.join(format!("copy{i}"));
+            let target = target.to_string();
+            std::thread::spawn(move || {
+                let res = fetch(&target, &out, &["--quiet"]);
+                (out, res)
+            })
+        })
+        .collect();
+    for h in fetches {
+        let (out, res) = h.join().expect("fetch thread");
+        assert_fetched(&out, &res, expected);
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
 /// Runs a command with a time limit; panics (with the command) if it is exceeded.
 pub fn run_with_timeout(cmd: &mut Command, secs: u64) -> Output {
     let desc = format!("{cmd:?}");
