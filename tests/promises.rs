@@ -249,9 +249,7 @@ fn quiet_server_logs_no_transfer_lines_but_keeps_its_banner() {
     for quiet in [false, true] {
         let extra: &[&str] = if quiet { &["--quiet"] } else { &[] };
         let mut server = Server::start(&path, extra);
-        let ok = wait_until(Duration::from_secs(10), || server.stdout_lines().len() >= 3);
-        let banner = server.stdout_lines();
-        assert!(ok, "quiet {quiet}: banner {banner:?}");
+        let banner = server.banner();
         assert!(banner[0].starts_with("listening on "), "quiet {quiet}: {banner:?}");
         assert!(banner[1].contains(&blake3::hash(&data).to_hex().to_string()), "quiet {quiet}: {banner:?}");
         assert!(banner[2].contains("xfer fetch"), "quiet {quiet}: {banner:?}");
@@ -402,10 +400,8 @@ fn rename_alone_gives_new_clients_the_new_file() {
     // No client before the rename: the first client after it is also the server's first
     // look at the file since its snapshot, whatever the look interval.
     let server = Server::start(&path, &[]);
-    let ok = wait_until(Duration::from_secs(10), || server.stdout_lines().len() >= 2);
-    assert!(ok, "no second banner line: {:?}", server.stdout_lines());
     let old_hex = blake3::hash(&old).to_hex().to_string();
-    assert!(server.stdout_lines()[1].contains(&old_hex), "the server did not take the old file first");
+    assert!(server.banner()[1].contains(&old_hex), "the server did not take the old file first");
 
     // A new version, written beside it and renamed over it; no SIGHUP.
     let new = random_bytes((2 * MIB + 3) as usize, 2041);

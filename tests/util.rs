@@ -308,6 +308,15 @@ impl Server {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// The three banner lines (address; size and digest; the fetch command), waiting up
+    /// to 10 s for them.
+    pub fn banner(&self) -> Vec<String> {
+        let ok = wait_until(Duration::from_secs(10), || self.stdout_lines().len() >= 3);
+        let lines = self.stdout_lines();
+        assert!(ok, "the server printed fewer than 3 stdout lines in 10 s: {lines:?}");
+        lines
+    }
+
     /// Waits until `pred(stderr)` holds, up to `secs`; returns whether it did.
     pub fn wait_stderr(&self, secs: u64, pred: impl Fn(&str) -> bool) -> bool {
         wait_until(Duration::from_secs(secs), || pred(&self.stderr()))
