@@ -1,20 +1,20 @@
 //! One test per defect found trying xfer as a new user would (issue 8, items 1-19). Each
 //! failed on the code before the fix; the name says which item it guards.
 
+use crate::util::fake::Fake;
+use crate::util::pty::Pty;
+use crate::util::raw::{raw_fetch, request};
 use crate::util::*;
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use encoding::{Status, encode_ok, encode_refusal};
@@ -35,22 +35,6 @@ fn serving(data: &[u8], extra: &[&str]) -> (tempfile::TempDir, PathBuf, Server) 
     (dir, file, server)
 }
 
-/// A one-connection fake server: reads the 48-byte request, then runs `script` on the
-/// socket. The thread ends with the script, or when the test drops the returned sender.
-fn fake(script: impl FnOnce(TcpStream, mpsc::Receiver<()>) + Send + 'static) -> (SocketAddr, mpsc::Sender<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let Ok((mut s, _)) = l.accept() else { return };
-        let mut req = [0u8; encoding::REQUEST_LEN];
-        if s.read_exact(&mut req).is_ok() {
-            script(s, rx);
-        }
-    });
-    (addr, tx)
-}
-
 /// A listener that only records whether anybody connected.
 struct Trap(TcpListener);
 
@@ -65,74 +49,6 @@ impl Trap {
     }
     fn was_contacted(&self) -> bool {
         self.0.accept().is_ok()
-    }
-}
-
-/// A pseudo-terminal: the master to read what was shown and type answers, the slave to
-/// hand to a child.
-struct Pty {
-    master: File,
-    slave: Option<OwnedFd>,
-    shown: Arc<Mutex<String>>,
-}
-
-impl Pty {
-    fn open() -> Pty {
-        let (mut m, mut s) = (-1, -1);
-        // SAFETY: valid out-pointers; null name/termios/winsize are allowed.
-        let rc =
-            unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()) };
-        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: openpty returned two fresh descriptors that we now own.
-        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
-        for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
-            // SAFETY: fcntl on descriptors we own: keep them out of other children.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
-        let shown = collect_text(File::from(master.try_clone().unwrap()));
-        Pty { master: File::from(master), slave: Some(slave), shown }
-    }
-
-    fn slave(&self) -> Stdio {
-        Stdio::from(self.slave.as_ref().unwrap().try_clone().unwrap())
-    }
-
-    /// Makes the terminal the child's controlling terminal, in the foreground.
-    fn control(&self, cmd: &mut Command) {
-        cmd.stdin(self.slave());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-
-    /// Drops our copy of the slave once the child has its own, so reading ends with it.
-    fn release(&mut self) {
-        self.slave = None;
-    }
-
-    fn text(&self) -> String {
-        self.shown.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, secs: u64, what: &str) -> bool {
-        let end = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < end {
-            if self.text().contains(what) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.text().contains(what)
-    }
-
-    fn type_text(&mut self, t: &str) {
-        self.master.write_all(t.as_bytes()).unwrap();
     }
 }
 
@@ -175,12 +91,12 @@ fn item01_fifo_and_device_outputs_are_written_into_never_replaced() {
 
     // A corrupted stream into a FIFO still fails verification (the bytes went out).
     let bad = random_bytes(1000, 2);
-    let (addr, _hold) = fake(move |mut s, _| {
+    let fake = Fake::start(move |mut s, _| {
         let _ = s.write_all(&encode_ok(1000, blake3::hash(b"something else").as_bytes()));
         let _ = s.write_all(&bad);
     });
     let drain = fifo_reader(&fifo);
-    let res = fetch(&addr.to_string(), &fifo, &["--quiet"]);
+    let res = fetch(&fake.target(), &fifo, &["--quiet"]);
     assert_eq!(code(&res), Some(4), "{}", describe(&res));
     assert_eq!(drain.recv_timeout(Duration::from_secs(10)).expect("no end of file").len(), 1000);
     assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
@@ -287,7 +203,7 @@ fn item06_timeout_is_the_longest_silence_after_the_last_byte() {
     // The header, one byte 100 ms later, then silence. The limit counts from that byte:
     // a fetch that waited a whole timeout per read would fail about 2 s after it.
     let (tx, rx) = mpsc::channel();
-    let (addr, _hold) = fake(move |mut s, stop| {
+    let fake = Fake::start(move |mut s, stop| {
         let _ = s.write_all(&encode_ok(10, &[7; 32]));
         std::thread::sleep(Duration::from_millis(100));
         let _ = s.write_all(b"x");
@@ -296,7 +212,7 @@ fn item06_timeout_is_the_longest_silence_after_the_last_byte() {
     });
     let dir = tempdir();
     let out = dir.path().join("out");
-    let res = fetch(&addr.to_string(), &out, &["--timeout", "1"]);
+    let res = fetch(&fake.target(), &out, &["--timeout", "1"]);
     let ended = Instant::now();
     let last_byte = rx.recv().unwrap();
     let silence = ended - last_byte;
@@ -306,10 +222,10 @@ fn item06_timeout_is_the_longest_silence_after_the_last_byte() {
     assert!(silence < Duration::from_millis(1600), "waited {silence:?} after the last byte; the limit is 1 s");
 
     // Sub-second values are reported as given.
-    let (addr, _hold) = fake(|_s, stop| {
+    let fake = Fake::start(|_s, stop| {
         let _ = stop.recv_timeout(Duration::from_secs(20));
     });
-    let res = fetch(&addr.to_string(), &out, &["--timeout", "0.25"]);
+    let res = fetch(&fake.target(), &out, &["--timeout", "0.25"]);
     assert_eq!(code(&res), Some(3), "{}", describe(&res));
     assert!(stderr_text(&res).contains("no data for 0.25 s"), "{}", describe(&res));
 
@@ -325,7 +241,7 @@ fn item07_progress_moves_at_least_every_200ms_on_a_slow_link() {
     let data = random_bytes(60_000, 7);
     let digest = *blake3::hash(&data).as_bytes();
     let body = data.clone();
-    let (addr, _hold) = fake(move |mut s, _| {
+    let fake = Fake::start(move |mut s, _| {
         let _ = s.write_all(&encode_ok(body.len() as u64, &digest));
         for chunk in body.chunks(1000) {
             if s.write_all(chunk).is_err() {
@@ -339,7 +255,7 @@ fn item07_progress_moves_at_least_every_200ms_on_a_slow_link() {
     let mut pty = Pty::open();
     let mut child = Command::new(bin())
         .arg("fetch")
-        .arg(addr.to_string())
+        .arg(fake.target())
         .arg(&out)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -368,13 +284,13 @@ fn item07_progress_moves_at_least_every_200ms_on_a_slow_link() {
 #[test]
 fn item08_a_refusal_reason_from_the_network_is_escaped() {
     let evil = "nope\x1b[2J\x07\r\nxfer: fetch: fetched fine\0";
-    let (addr, _hold) = fake(move |mut s, _| {
+    let fake = Fake::start(move |mut s, _| {
         let mut wire = [0u8; encoding::HEADER_LEN + encoding::MAX_REASON];
         let n = encode_refusal(Status::Busy, evil, &mut wire);
         let _ = s.write_all(&wire[..n]);
     });
     let dir = tempdir();
-    let res = fetch(&addr.to_string(), &dir.path().join("o"), &[]);
+    let res = fetch(&fake.target(), &dir.path().join("o"), &[]);
     assert_eq!(code(&res), Some(6), "{}", describe(&res));
     let err = stderr_text(&res);
     assert_eq!(err.lines().count(), 1, "the error is not one line: {err:?}");
@@ -412,7 +328,12 @@ fn item10_dash_is_stdout_only_for_fetch_output() {
     std::fs::write(dir.path().join("-"), &data).unwrap();
     // `serve -` serves the file named `-`.
     let server = Server::spawn(Command::new(bin()).current_dir(dir.path()).args([
-        "serve", "-", "--listen", "127.0.0.1", "--port", "0",
+        "serve",
+        "-",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        "0",
     ]));
     let res = fetch(&server.target(), Path::new("-"), &["--quiet"]);
     assert_eq!(code(&res), Some(0), "{}", describe(&res));
@@ -474,10 +395,11 @@ fn item11_version_help_usage_and_listen_forms() {
     assert_fetched(&out, &fetch(&s.target(), &out, &["--quiet"]), b"hello");
     let same_port = s.addr.port().to_string();
     let res = run_with_timeout(
-        Command::new(bin()).arg("serve").arg(&file).args(["--listen", &format!("localhost:{same_port}")]).args([
-            "--port",
-            &same_port,
-        ]),
+        Command::new(bin())
+            .arg("serve")
+            .arg(&file)
+            .args(["--listen", &format!("localhost:{same_port}")])
+            .args(["--port", &same_port]),
         10,
     );
     // The same port given twice is no conflict (here the port is taken: exit 3, not 2).
@@ -558,7 +480,7 @@ fn item14_an_in_place_change_that_keeps_size_and_mtime_is_noticed() {
     let (dir, file, server) = serving(&data, &[]);
     // A client mid-transfer, reading slowly.
     let mut slow = TcpStream::connect(server.addr).unwrap();
-    slow.write_all(&raw_request(None)).unwrap();
+    slow.write_all(&request(None)).unwrap();
     let mut first = vec![0u8; 100_000];
     slow.read_exact(&mut first).unwrap();
 
@@ -652,13 +574,13 @@ fn item16_a_crowd_behind_one_address_is_served_and_the_excess_is_told_why() {
     let big = random_bytes(8 << 20, 18);
     let (_d, _f, limited) = serving(&big, &["--max-per-ip", "1"]);
     let mut held = TcpStream::connect(limited.addr).unwrap();
-    held.write_all(&raw_request(None)).unwrap();
+    held.write_all(&request(None)).unwrap();
     let mut b = [0u8; 1];
     held.read_exact(&mut b).unwrap();
     let handles: Vec<_> = (0..40)
         .map(|_| {
             let addr = limited.addr;
-            std::thread::spawn(move || raw_fetch(addr, &raw_request(None)))
+            std::thread::spawn(move || raw_fetch(addr, &request(None)))
         })
         .collect();
     for h in handles {
@@ -689,26 +611,21 @@ fn item17_pause_is_logged_when_stderr_is_not_a_terminal() {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     pty.release();
-    let log = collect_text(child.stderr.take().unwrap());
+    let log = Collected::spawn(child.stderr.take().unwrap());
     let context = log.clone();
-    let (addr, _lines) = read_banner(&mut child, move || context.lock().unwrap().clone());
+    let (addr, _lines) = read_banner(&mut child, move || context.text());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    assert!(pty.wait_for(10, "continue listening or exit?"), "no question on the terminal: {:?}", pty.text());
-    let wait_log = |what: &str| {
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end && !log.lock().unwrap().contains(what) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        log.lock().unwrap().contains(what)
-    };
-    assert!(wait_log("paused (Ctrl+C)"), "the pause is not in the log: {:?}", log.lock().unwrap());
+    let asked = pty.wait_for(10, |t| t.contains("continue listening or exit?"));
+    assert!(asked, "no question on the terminal: {:?}", pty.text());
+    let wait_log = |what: &str| wait_until(Duration::from_secs(10), || log.text().contains(what));
+    assert!(wait_log("paused (Ctrl+C)"), "the pause is not in the log: {:?}", log.text());
     assert!(!pty.text().contains("^C"), "\"^C\" printed by the server: {:?}", pty.text());
     let res = fetch(&addr.to_string(), &dir.path().join("o"), &[]);
     assert_eq!(code(&res), Some(6), "{}", describe(&res));
     assert!(stderr_text(&res).contains("server paused"), "{}", describe(&res));
     pty.type_text("c\n");
-    assert!(wait_log("resumed"), "{:?}", log.lock().unwrap());
+    assert!(wait_log("resumed"), "{:?}", log.text());
     let out = dir.path().join("o2");
     assert_fetched(&out, &fetch(&addr.to_string(), &out, &["--quiet"]), b"paused file");
     let _ = child.kill();
@@ -739,20 +656,13 @@ fn item18_the_port_is_bound_before_the_file_is_read() {
     File::create(&big).unwrap().set_len(200 << 20).unwrap();
     let server = Server::start(&big, &[]);
     assert!(server.stderr().contains("hashing"), "no hashing notice: {:?}", server.stderr());
-    assert!(server.stdout.lock().unwrap()[0].starts_with("listening on "));
+    assert!(server.banner()[0].starts_with("listening on "));
 }
 
-/// The banner's "fetch it with:" command (waiting for the line, which follows the address).
+/// The banner's "fetch it with:" command.
 fn fetch_hint(s: &Server) -> String {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = s.stdout.lock().unwrap().iter().find_map(|l| l.strip_prefix("fetch it with: ").map(String::from));
-        if let Some(h) = found {
-            return h;
-        }
-        assert!(Instant::now() < end, "no fetch hint in {:?}", s.stdout.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let lines = s.banner();
+    lines.iter().find_map(|l| l.strip_prefix("fetch it with: ").map(String::from)).expect("no fetch hint")
 }
 
 #[test]
@@ -776,7 +686,11 @@ fn item19_messages_read_cleanly() {
 
     // With a token, the hint carries a --token the shell fills in.
     let t = Server::spawn(
-        Command::new(bin()).arg("serve").arg(&file).args(["--listen", "127.0.0.1", "--port", "0"]).env("XFER_TOKEN", "s3"),
+        Command::new(bin())
+            .arg("serve")
+            .arg(&file)
+            .args(["--listen", "127.0.0.1", "--port", "0"])
+            .env("XFER_TOKEN", "s3"),
     );
     let hint = fetch_hint(&t);
     assert!(hint.ends_with("--token \"$XFER_TOKEN\""), "{hint:?}");

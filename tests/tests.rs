@@ -8,5 +8,6 @@ mod util;
 mod basic;
 mod defects;
 mod faults;
+mod promises;
 mod regressions;
 mod signals;

@@ -2,9 +2,14 @@
 //! fault proxy with a random fault (none, delay, reset / cut / flip / stall at a random
 //! byte), some by `xfer fetch`, some by raw clients with random receive buffers and pace.
 //!
-//! The rule checked is the product's promise: a transfer whose fault hit before the end
-//! fails (non-zero exit, nothing at its output path), every other one is byte-identical.
-//! A transfer that breaks the rule is "lost"; there must be none. The seed is printed;
+//! The rules checked are the product's promises:
+//! - `xfer fetch`: a transfer whose fault hit fails with the exit code that fault calls for
+//!   and leaves nothing at its output path (no temporary file either); every fetch that
+//!   exits 0 produced an exact copy, and every transfer without a hit does exit 0.
+//! - raw clients (which verify nothing themselves) check the server: what they got is the
+//!   exact response, damaged only where and as the proxy damaged it.
+//!
+//! A transfer that breaks a rule is "lost"; there must be none. The seed is printed;
 //! `XFER_SOAK_SEED=S` replays a run, `XFER_SOAK_N=N` sets the number of transfers.
 
 use std::collections::BTreeMap;
@@ -40,8 +45,12 @@ struct Job {
 struct Tally {
     by_kind: BTreeMap<String, usize>,
     hits: usize,
+    /// `xfer fetch` with a hit: failed with the right code, nothing left.
     failed_as_expected: usize,
+    /// `xfer fetch` without a hit: exit 0, exact copy.
     clean_ok: usize,
+    /// Raw clients: exactly the response, damaged only as injected.
+    raw_as_injected: usize,
     raw: usize,
     codes: BTreeMap<i32, usize>,
     lost: Vec<String>,
@@ -68,9 +77,12 @@ fn soak_random_faults() {
         (4 * MIB - rng.below(1000)) as usize,
     ];
     let files: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &s)| random_bytes(s, seed ^ (i as u64 + 1))).collect();
-    let mut servers: Vec<(Server, usize)> =
-        files.iter().enumerate().map(|(i, d)| start(&write_file(dir.path(), &format!("in-{i}.bin"), d), &[])).collect();
-    let addrs: Vec<SocketAddr> = servers.iter().map(|(s, _)| s.addr).collect();
+    let mut servers: Vec<Server> = files
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Server::settled(&write_file(dir.path(), &format!("in-{i}.bin"), d), &[]))
+        .collect();
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
 
     let kinds = [Kind::None, Kind::Delay, Kind::Reset, Kind::Cut, Kind::Flip, Kind::Stall];
     let jobs: Vec<Job> = (0..n)
@@ -155,13 +167,14 @@ fn soak_random_faults() {
     let kinds_s: Vec<String> = t.by_kind.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let codes_s: Vec<String> = t.codes.iter().map(|(k, v)| format!("{k}:{v}")).collect();
     eprintln!(
-        "soak summary: seed={seed} transfers={n} (raw {}) faults[{}] hit={} failed-as-expected={} clean-ok={} \
-         fetch-exit-codes[{}] lost={} in {:?}",
+        "soak summary: seed={seed} transfers={n} (raw {}) faults[{}] hit={} fetch-failed-as-expected={} \
+         fetch-clean-ok={} raw-as-injected={} fetch-exit-codes[{}] lost={} in {:?}",
         t.raw,
         kinds_s.join(" "),
         t.hits,
         t.failed_as_expected,
         t.clean_ok,
+        t.raw_as_injected,
         codes_s.join(" "),
         t.lost.len(),
         started.elapsed()
@@ -176,51 +189,106 @@ fn soak_random_faults() {
     want.sort();
     assert_eq!(dir_names(&outdir), want, "soak seed {seed}: output directory holds more or less than the good copies");
 
-    for (server, base) in servers.iter_mut() {
-        healthy(server, *base);
+    for server in servers.iter_mut() {
+        server.assert_healthy();
+    }
+}
+
+/// The exit codes `xfer fetch` must give for a fault that hit: a flipped bit in the size
+/// field makes the body short (3) or the digest wrong (4); any other flip is a protocol or
+/// verification error (4); a reset, cut or stall is a network error (3).
+fn expected_codes(job: &Job) -> &'static [i32] {
+    match (job.plan.up.fault, job.plan.down.fault) {
+        (None, Some((at, Action::Flip(_)))) if (8..16).contains(&at) => &[3, 4],
+        (None, Some((_, Action::Flip(_)))) => &[4],
+        _ => &[3],
+    }
+}
+
+/// Whether what a raw client received is the response `want`, damaged exactly as the job's
+/// fault damages it (and not at all without a hit). `timed_out`: the read ended by its
+/// timeout rather than EOF or an error.
+fn raw_as_injected(job: &Job, want: &[u8], got: &[u8], err: Option<&std::io::Error>) -> Result<(), String> {
+    let timed_out =
+        err.is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    let prefix_of = |n: usize| got.len() <= n && got == &want[..got.len()];
+    if !job.hits {
+        return if err.is_none() && got == want { Ok(()) } else { Err("not the exact response".into()) };
+    }
+    match (job.plan.up.fault, job.plan.down.fault) {
+        // The request never got through whole: no answer at all.
+        (Some(_), _) if got.is_empty() => Ok(()),
+        (Some(_), _) => Err(format!("{} bytes answered to a request that never arrived whole", got.len())),
+        (None, Some((at, Action::Flip(bit)))) => {
+            let mut damaged = want.to_vec();
+            damaged[at as usize] ^= 1 << (bit & 7);
+            if err.is_none() && got == damaged {
+                Ok(())
+            } else {
+                Err("not the response with that one bit flipped".into())
+            }
+        }
+        (None, Some((at, Action::Cut))) if err.is_none() && got == &want[..at as usize] => Ok(()),
+        (None, Some((at, Action::Stall))) if timed_out && got == &want[..at as usize] => Ok(()),
+        // A reset may destroy what was in flight: a prefix of the bytes before the fault.
+        (None, Some((at, Action::Reset))) if prefix_of(at as usize) => Ok(()),
+        _ => Err("not the response cut where the fault was".into()),
     }
 }
 
 fn run_job(job: &Job, data: &[u8], server: SocketAddr, outdir: &Path, tally: &Mutex<Tally>) {
     let proxy = Proxy::start(server, job.plan);
-    let size = data.len() as u64;
-    let want = digest(data);
-    let desc =
-        format!("job {} {:?} size {size} plan {:?} hits {} raw {:?}", job.id, job.kind, job.plan, job.hits, job.raw);
-    let (ok, detail, exit) = match job.raw {
+    let desc = format!(
+        "job {} {:?} size {} plan {:?} hits {} raw {:?}",
+        job.id,
+        job.kind,
+        data.len(),
+        job.plan,
+        job.hits,
+        job.raw
+    );
+    let (verdict, exit) = match job.raw {
         None => {
-            let out = outdir.join(format!("job-{}.bin", job.id));
+            let name = format!("job-{}.bin", job.id);
+            let out = outdir.join(&name);
             let timeout = if job.kind == Kind::Stall { "1" } else { "10" };
             let r = fetch(&proxy.target(), &out, &["--quiet", "--timeout", timeout]);
-            let exact = r.status.success() && std::fs::read(&out).is_ok_and(|v| v == data);
-            let ok = if job.hits {
-                // Must fail with a network or verification error, and leave nothing.
-                !r.status.success() && !out.exists() && code(&r).is_some_and(|c| c == 3 || c == 4)
+            let temps: Vec<String> = dir_names(outdir).into_iter().filter(|n| is_temp_of(n, &name)).collect();
+            let exact = std::fs::read(&out).is_ok_and(|v| v == data);
+            let codes = expected_codes(job);
+            let verdict = if !temps.is_empty() {
+                Err(format!("temporary file left behind: {temps:?}"))
+            } else if r.status.success() && !exact {
+                Err("exit 0 without an exact copy at the output path".to_string())
+            } else if job.hits && r.status.success() {
+                Err("exit 0 although the fault hit".to_string())
+            } else if job.hits && out.exists() {
+                Err("failed, but left a file at the output path".to_string())
+            } else if job.hits && !r.status.code().is_some_and(|c| codes.contains(&c)) {
+                Err(format!("failed with the wrong exit code (expected one of {codes:?})"))
+            } else if !job.hits && !r.status.success() {
+                Err("failed without a fault".to_string())
             } else {
-                exact
+                Ok(())
             };
-            (ok, describe(&r), code(&r))
+            (verdict.map_err(|e| format!("{e}\n{}", describe(&r))), r.status.code())
         }
         Some((rcvbuf, pace)) => {
-            let res = (|| -> std::io::Result<(Response, Drained)> {
+            let want = expected_response(data);
+            let res = (|| -> std::io::Result<Drained> {
                 let mut s = connect(proxy.addr, None, Some(rcvbuf))?;
                 let secs = if job.kind == Kind::Stall { 1 } else { 10 };
                 s.set_read_timeout(Some(Duration::from_secs(secs)))?;
-                s.write_all(&raw_request(None))?;
-                let r = read_response(&mut s)?;
-                let d = drain(&mut s, pace, None, false);
-                Ok((r, d))
+                s.write_all(&request(None))?;
+                // The whole stream, header included: a damaged header must be seen as bytes.
+                Ok(drain(&mut s, pace, None, true))
             })();
-            let exact = match &res {
-                Ok((Response::Ok { size: s, digest: d }, dr)) => *s == size && *d == want && dr.is_exact(size, &want),
-                _ => false,
+            let verdict = match &res {
+                Ok(d) => raw_as_injected(job, &want, &d.data, d.err.as_ref())
+                    .map_err(|e| format!("{e}: got {} of {} bytes, ended by {:?}", d.data.len(), want.len(), d.err)),
+                Err(e) => Err(format!("could not even send the request: {e}")),
             };
-            let ok = if job.hits { !exact } else { exact };
-            let detail = match &res {
-                Ok((r, d)) => format!("response {r:?}, body {} bytes, err {:?}", d.bytes, d.err),
-                Err(e) => format!("error {e}"),
-            };
-            (ok, detail, None)
+            (verdict, None)
         }
     };
     let fired = proxy.fired();
@@ -236,14 +304,13 @@ fn run_job(job: &Job, data: &[u8], server: SocketAddr, outdir: &Path, tally: &Mu
     if job.hits {
         t.hits += 1;
         if fired == 0 {
-            t.lost.push(format!("{desc}: fault should have fired but the proxy never saw byte N ({detail})"));
+            t.lost.push(format!("{desc}: fault should have fired but the proxy never saw byte N"));
         }
     }
-    if !ok {
-        t.lost.push(format!("{desc}: {detail}"));
-    } else if job.hits {
-        t.failed_as_expected += 1;
-    } else {
-        t.clean_ok += 1;
+    match verdict {
+        Err(e) => t.lost.push(format!("{desc}: {e}")),
+        Ok(()) if job.raw.is_some() => t.raw_as_injected += 1,
+        Ok(()) if job.hits => t.failed_as_expected += 1,
+        Ok(()) => t.clean_ok += 1,
     }
 }

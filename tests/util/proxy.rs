@@ -13,11 +13,12 @@
 //! * `Stall` — bytes `0..N` are forwarded, then that direction stops (the connection stays
 //!   open) until the proxy is dropped or [`Proxy::kill_all`] is called.
 //!
+//! [`Proxy::unthrottle`] lifts the throttle of every connection, those in progress too.
+//!
 //! A fault only fires if byte `N` exists, so `N >= stream length` means "no fault".
 //! Each connection is one thread running a `poll(2)` loop over two non-blocking sockets, so
 //! every socket has exactly one descriptor and a close really sends the FIN or RST.
 //! Resets and errors propagate: an RST from one side becomes an RST to the other.
-#![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -26,6 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use super::raw::reset;
 
 /// What happens at the fault position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,12 +84,6 @@ impl Plan {
         self.server_rcvbuf = Some(n);
         self
     }
-    /// Adds throttling to the downstream direction of this plan.
-    pub fn throttled(mut self, chunk: usize, pause: Duration) -> Plan {
-        self.down.chunk = chunk;
-        self.down.pause = pause;
-        self
-    }
 }
 
 struct Shared {
@@ -94,9 +91,10 @@ struct Shared {
     target: SocketAddr,
     /// Set to end everything: the accept loop and every relay (both sockets reset).
     stop: AtomicBool,
+    /// Set to stop throttling every connection, old and new (see `Proxy::unthrottle`).
+    unthrottled: AtomicBool,
     /// Bumped by `kill_all`: relays started before it reset their sockets and end.
     epoch: AtomicU64,
-    accepted: AtomicU64,
     fired: AtomicU64,
     live: AtomicUsize,
     down_bytes: AtomicU64,
@@ -122,8 +120,8 @@ impl Proxy {
             plan: std::sync::Mutex::new(plan),
             target,
             stop: AtomicBool::new(false),
+            unthrottled: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
             fired: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             down_bytes: AtomicU64::new(0),
@@ -148,11 +146,6 @@ impl Proxy {
         *self.shared.plan.lock().unwrap() = plan;
     }
 
-    /// Connections accepted so far.
-    pub fn accepted(&self) -> u64 {
-        self.shared.accepted.load(Ordering::SeqCst)
-    }
-
     /// Faults that fired (byte N was seen) so far.
     pub fn fired(&self) -> u64 {
         self.shared.fired.load(Ordering::SeqCst)
@@ -168,41 +161,43 @@ impl Proxy {
         self.shared.down_bytes.load(Ordering::SeqCst)
     }
 
-    /// Bytes forwarded client → server so far, over all connections.
-    pub fn up_bytes(&self) -> u64 {
-        self.shared.up_bytes.load(Ordering::SeqCst)
-    }
-
     /// Local ports of the proxy's connections to the server, in connection order.
     pub fn server_ports(&self) -> Vec<u16> {
         self.shared.server_ports.lock().unwrap().clone()
     }
 
-    /// Resets both sockets of every live connection and waits (up to 5 s) until they are gone.
-    pub fn kill_all(&self) {
+    /// From now on, every connection (those in progress too) forwards at full speed.
+    pub fn unthrottle(&self) {
+        self.shared.unthrottled.store(true, Ordering::SeqCst);
+    }
+
+    /// Resets both sockets of every live connection and waits (up to 5 s) until they are
+    /// gone; returns whether they are.
+    pub fn kill_all(&self) -> bool {
         self.shared.epoch.fetch_add(1, Ordering::SeqCst);
-        let end = Instant::now() + Duration::from_secs(5);
-        while self.live() > 0 && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        super::wait_until(Duration::from_secs(5), || self.live() == 0)
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.kill_all();
+        // Teardown: a relay that outlives this wait ends on its own at its next poll.
+        let _ = self.kill_all();
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
     }
 }
 
+/// No proxy outlives this, whatever a test forgets: a ceiling on every loop here.
+const LIFETIME: Duration = Duration::from_secs(600);
+
 fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
-    while !sh.stop.load(Ordering::SeqCst) {
+    let born = Instant::now();
+    while !sh.stop.load(Ordering::SeqCst) && born.elapsed() < LIFETIME {
         match listener.accept() {
             Ok((client, _)) => {
-                sh.accepted.fetch_add(1, Ordering::SeqCst);
                 sh.live.fetch_add(1, Ordering::SeqCst);
                 let plan = *sh.plan.lock().unwrap();
                 let epoch = sh.epoch.load(Ordering::SeqCst);
@@ -238,12 +233,6 @@ fn connect_to(target: SocketAddr, rcvbuf: Option<usize>) -> std::io::Result<TcpS
     }
     sock.connect_timeout(&target.into(), Duration::from_secs(5))?;
     Ok(sock.into())
-}
-
-/// Closes a socket with an RST instead of a FIN.
-pub fn reset(s: TcpStream) {
-    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-    drop(s);
 }
 
 /// One direction's progress.
@@ -317,11 +306,16 @@ fn relay(client: TcpStream, plan: Plan, sh: &Shared, epoch: u64) {
     }
 }
 
+fn unthrottled(sh: &Shared) -> bool {
+    sh.unthrottled.load(Ordering::SeqCst)
+}
+
 fn run(socks: &[TcpStream; 2], flows: &mut [Flow; 2], sh: &Shared, epoch: u64) -> End {
     let counters = [&sh.up_bytes, &sh.down_bytes];
     let mut scratch = vec![0u8; 64 * 1024];
+    let born = Instant::now();
     loop {
-        if sh.stop.load(Ordering::SeqCst) || sh.epoch.load(Ordering::SeqCst) != epoch {
+        if sh.stop.load(Ordering::SeqCst) || sh.epoch.load(Ordering::SeqCst) != epoch || born.elapsed() > LIFETIME {
             return End::Reset;
         }
         // Faults whose bytes before N have all been delivered.
@@ -390,7 +384,8 @@ fn run(socks: &[TcpStream; 2], flows: &mut [Flow; 2], sh: &Shared, epoch: u64) -
                         f.sent += k;
                         counters[i].fetch_add(k as u64, Ordering::SeqCst);
                         if f.sent == f.buf.len() {
-                            f.not_before = Instant::now() + f.plan.pause;
+                            let pause = if unthrottled(sh) { Duration::ZERO } else { f.plan.pause };
+                            f.not_before = Instant::now() + pause;
                         }
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
@@ -401,7 +396,8 @@ fn run(socks: &[TcpStream; 2], flows: &mut [Flow; 2], sh: &Shared, epoch: u64) -
             if events[i] & libc::POLLIN == 0 || pfds[i].revents == 0 {
                 continue;
             }
-            let chunk = if f.plan.chunk == 0 { scratch.len() } else { f.plan.chunk.min(scratch.len()) };
+            let chunk =
+                if f.plan.chunk == 0 || unthrottled(sh) { scratch.len() } else { f.plan.chunk.min(scratch.len()) };
             match (&socks[i]).read(&mut scratch[..chunk]) {
                 Ok(0) => f.eof = true,
                 Ok(k) => {
