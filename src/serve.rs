@@ -66,11 +66,11 @@ const CHANGE_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// Why the input file cannot be served.
 #[derive(Debug, Error)]
 pub enum InputError {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", shown(.path))]
     Open { path: PathBuf, source: io::Error },
-    #[error("{path}: is a {kind}, not a regular file")]
+    #[error("{}: is a {kind}, not a regular file", shown(.path))]
     NotRegular { path: PathBuf, kind: &'static str },
-    #[error("{path}: the file kept changing while it was being read")]
+    #[error("{}: the file kept changing while it was being read", shown(.path))]
     Unstable { path: PathBuf },
 }
 
@@ -1081,7 +1081,9 @@ impl Service for Server {
     type Session = Session;
 
     fn open(&mut self, peer: SocketAddr, now: Instant) -> Option<Session> {
-        if self.next_open_check.is_none_or(|t| now >= t) {
+        // A change already seen is acted on for this client; otherwise the file is looked
+        // at now and then (inotify may be missing, or may not see a network file system).
+        if self.reload_due.is_some() || self.current.is_changed() || self.next_open_check.is_none_or(|t| now >= t) {
             self.next_open_check = Some(now + OPEN_CHECK_EVERY);
             self.refresh(now, true);
         }
