@@ -61,7 +61,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
-use xfer::encoding::{Decoded, HEADER_LEN, Request, Response, decode_response, encode_request};
+use xfer::encoding::Decoded;
+use xfer::encoding::xfer::{HEADER_LEN, Request, Response, decode_response, encode_request};
 
 const MIB: u64 = 1 << 20;
 

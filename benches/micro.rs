@@ -9,7 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xfer::encoding::{self, Request};
+use xfer::encoding;
+use xfer::encoding::xfer::Request;
 use xfer::reactor::{Service, Step};
 use xfer::serve::{Conn, Policy, Server, Snapshot};
 
@@ -33,7 +34,7 @@ fn best_rate(secs: f64, units: f64, mut f: impl FnMut()) -> f64 {
 struct KThenBlock {
     k: usize,
     blocked: bool,
-    request: [u8; encoding::REQUEST_LEN],
+    request: [u8; encoding::xfer::REQUEST_LEN],
     read: bool,
     scratch: Vec<u8>,
     taken: u64,
@@ -94,15 +95,15 @@ fn main() {
     let req = Request { offset: 12345, token: Some([7; 32]) };
     let r = best_rate(secs, n as f64, || {
         for i in 0..n {
-            let w = encoding::encode_request(&Request { offset: i, ..req });
-            black_box(encoding::decode_request(black_box(&w)).ok());
+            let w = encoding::xfer::encode_request(&Request { offset: i, ..req });
+            black_box(encoding::xfer::decode_request(black_box(&w)).ok());
         }
     });
     println!("  request encode+decode   {:>10.1} M/s", r / 1e6);
     let r = best_rate(secs, n as f64, || {
         for i in 0..n {
-            let w = encoding::encode_ok(i, &[3; 32]);
-            black_box(encoding::decode_response(black_box(&w)).ok());
+            let w = encoding::xfer::encode_ok(i, &[3; 32]);
+            black_box(encoding::xfer::decode_response(black_box(&w)).ok());
         }
     });
     println!("  header encode+decode    {:>10.1} M/s", r / 1e6);
@@ -145,7 +146,7 @@ fn main() {
                     let mut peer = KThenBlock {
                         k,
                         blocked: false,
-                        request: encoding::encode_request(&Request { offset: 0, token: None }),
+                        request: encoding::xfer::encode_request(&Request { offset: 0, token: None }),
                         read: false,
                         scratch: vec![0; k.min(size)],
                         taken: 0,

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::encoding::text::printable;
-use crate::encoding::{self, DecodeError, Decoded, Digest, HEADER_LEN, MAX_REASON, Response, Status};
+use crate::encoding::xfer::{self as wire, DecodeError, HEADER_LEN, MAX_REASON, Response, Status};
+use crate::encoding::{self, Decoded, Digest};
 use crate::exit;
 
 pub mod output;
@@ -151,22 +152,24 @@ pub fn run(opts: &Options) -> Result<Summary, FetchError> {
         b.finish_and_clear();
     }
     let got = got?;
-    if !encoding::digest_eq(&got, &digest) {
+    // blake3::Hash compares in constant time.
+    let (got, digest) = (blake3::Hash::from_bytes(got), blake3::Hash::from_bytes(digest));
+    if got != digest {
         return Err(FetchError::Mismatch {
             bytes: size,
-            got: encoding::hex(&got),
-            expected: encoding::hex(&digest),
+            got: got.to_hex().to_string(),
+            expected: digest.to_hex().to_string(),
             streamed,
         });
     }
     out.commit()?;
-    let summary = Summary { bytes: size, elapsed: start.elapsed(), digest };
+    let summary = Summary { bytes: size, elapsed: start.elapsed(), digest: *digest.as_bytes() };
     if !opts.quiet {
         let secs = summary.elapsed.as_secs_f64();
         crate::say!(
             "fetched {size} bytes in {secs:.2} s ({}), verified blake3 {}",
             crate::rate(size, secs),
-            encoding::hex(&digest)
+            digest.to_hex()
         );
     }
     Ok(summary)
@@ -215,7 +218,7 @@ fn handshake(
 ) -> Result<(u64, Digest), FetchError> {
     stream.set_write_timeout(Some(opts.timeout)).map_err(|e| lost(target, e))?;
     let token = opts.token.as_ref().map(|t| *blake3::hash(t).as_bytes());
-    let req = encoding::encode_request(&encoding::Request { offset: 0, token });
+    let req = wire::encode_request(&wire::Request { offset: 0, token });
     if let Err(e) = stream.write_all(&req) {
         // A server that refuses before reading may close first; its answer may still be there.
         if !matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) {
@@ -230,7 +233,7 @@ fn handshake(
     let mut buf = [0u8; HEADER_LEN + MAX_REASON];
     let mut have = 0usize;
     loop {
-        let need = match encoding::decode_response(&buf[..have]) {
+        let need = match wire::decode_response(&buf[..have]) {
             Ok(Decoded::NeedMore(n)) => n,
             Ok(Decoded::Done(Response::Ok { size, digest }, _)) => return Ok((size, digest)),
             Ok(Decoded::Done(Response::Refused { status, reason }, _)) => {

@@ -109,6 +109,9 @@ pub trait Service {
     /// The Ctrl+C question opened (true) or closed: new connections are still accepted,
     /// and the service tells them to come back later.
     fn pause(&mut self, _paused: bool) {}
+    /// Whether the session is between requests (an idle keep-alive connection): it may be
+    /// closed when the server drains or runs short of descriptors, and nothing is lost.
+    fn is_idle(&self, s: &Self::Session) -> bool;
     /// Transfers in flight in the whole server, for the Ctrl+C and drain messages.
     fn in_flight(&self) -> usize;
 }
@@ -333,6 +336,8 @@ impl<S: Service> Reactor<S> {
                 self.sweep(now);
             }
             if let State::Draining { deadline } = self.state {
+                // A connection between requests has nothing in flight: it goes at once.
+                self.close_idle(now);
                 if self.slab.is_empty() && self.followers_left == 0 {
                     return Ok(Exit::Drained);
                 }
@@ -395,6 +400,11 @@ impl<S: Service> Reactor<S> {
                         // fail again; serve the clients we have, and try again when one is
                         // freed or after a short pause.
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                            // Idle connections between requests are the first to give
+                            // their descriptors back; then accepting may work at once.
+                            if self.close_idle(now) > 0 {
+                                continue;
+                            }
                             if !self.accept_pause_logged {
                                 self.accept_pause_logged = true;
                                 crate::say!("xfer: accept: {e}; pausing new connections");
@@ -537,6 +547,16 @@ impl<S: Service> Reactor<S> {
             self.accept_retry_at = None;
             self.accept_pending = true;
         }
+    }
+
+    /// Closes the sessions waiting between requests; returns how many.
+    fn close_idle(&mut self, now: Instant) -> usize {
+        let idle: Vec<usize> =
+            self.slab.iter().filter(|(_, s)| self.service.is_idle(&s.session)).map(|(k, _)| k).collect();
+        for &key in &idle {
+            self.close(key, now);
+        }
+        idle.len()
     }
 
     fn close_all(&mut self, now: Instant) {

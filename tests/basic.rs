@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::encoding::{self, Status};
+use crate::util::encoding::{self, xfer::Status};
 use crate::util::fake::Fake;
 use crate::util::proxy::{Plan, Proxy};
 use crate::util::raw::{self, request};
@@ -164,10 +164,10 @@ fn stalled_and_resetting_clients_do_not_disturb_others() {
         let mut r = TcpStream::connect(server.addr).unwrap();
         r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         r.write_all(&req).unwrap();
-        let mut head = vec![0u8; encoding::HEADER_LEN + 64 * 1024];
+        let mut head = vec![0u8; encoding::xfer::HEADER_LEN + 64 * 1024];
         r.read_exact(&mut head).expect("resetting client: read header and 64 KiB");
-        assert_eq!(&head[..4], &encoding::RESPONSE_MAGIC);
-        assert_eq!(&head[encoding::HEADER_LEN..], &data[..64 * 1024]);
+        assert_eq!(&head[..4], &encoding::xfer::RESPONSE_MAGIC);
+        assert_eq!(&head[encoding::xfer::HEADER_LEN..], &data[..64 * 1024]);
         raw::reset(r);
     }
 
@@ -226,7 +226,7 @@ fn kill_server_mid_transfer(path: &Path, size: u64, old: Option<&[u8]>) {
 
     let res = fetcher.join().expect("fetch thread");
     let fwd = proxy.down_bytes();
-    assert!(fwd < size + encoding::HEADER_LEN as u64, "test design: the whole file got through before the kill");
+    assert!(fwd < size + encoding::xfer::HEADER_LEN as u64, "test design: the whole file got through before the kill");
     assert_failed(&res, &[3], "server killed mid-transfer");
     assert_nothing_left(out_dir.path(), &out, old, "server killed mid-transfer");
 }
@@ -248,7 +248,7 @@ fn fake_server_wrong_digest_is_rejected() {
     let body = random_bytes(300_000, 5);
     let mut wrong = digest(&body);
     wrong[7] ^= 0x20;
-    let f = Fake::reply_then_drain([&encoding::encode_ok(body.len() as u64, &wrong)[..], &body].concat());
+    let f = Fake::reply_then_drain([&encoding::xfer::encode_ok(body.len() as u64, &wrong)[..], &body].concat());
     fetch_from_fake_fails(&f, Some(b"old contents"), 4, "wrong digest");
 }
 
@@ -256,8 +256,10 @@ fn fake_server_wrong_digest_is_rejected() {
 fn fake_server_short_body_is_network_error() {
     let body = random_bytes(200_000, 6);
     // A plain close (FIN) after half the body.
-    let f =
-        Fake::reply([&encoding::encode_ok(body.len() as u64, &digest(&body))[..], &body[..100_000]].concat(), false);
+    let f = Fake::reply(
+        [&encoding::xfer::encode_ok(body.len() as u64, &digest(&body))[..], &body[..100_000]].concat(),
+        false,
+    );
     fetch_from_fake_fails(&f, None, 3, "short body");
 }
 
@@ -270,8 +272,8 @@ fn fake_http_server_is_protocol_error() {
 
 #[test]
 fn fake_refusal_is_shown_and_exits_6() {
-    let mut buf = [0u8; encoding::HEADER_LEN + encoding::MAX_REASON];
-    let n = encoding::encode_refusal(Status::Busy, "go away", &mut buf);
+    let mut buf = [0u8; encoding::xfer::HEADER_LEN + encoding::xfer::MAX_REASON];
+    let n = encoding::xfer::encode_refusal(Status::Busy, "go away", &mut buf);
     let f = Fake::reply_then_drain(buf[..n].to_vec());
     let res = fetch_from_fake_fails(&f, None, 6, "refusal");
     assert!(error_lines(&res)[0].contains("go away"), "reason not shown:\n{}", describe(&res));
@@ -295,7 +297,7 @@ fn fake_silent_server_times_out() {
 #[test]
 fn fake_huge_size_fails_cleanly() {
     // A plain close after a few bytes.
-    let f = Fake::reply([&encoding::encode_ok(u64::MAX, &[0x5a; 32])[..], b"just a few bytes"].concat(), false);
+    let f = Fake::reply([&encoding::xfer::encode_ok(u64::MAX, &[0x5a; 32])[..], b"just a few bytes"].concat(), false);
     let dir = tempdir();
     let out = dir.path().join("out.bin");
     let t0 = Instant::now();

@@ -17,7 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use encoding::{Status, encode_ok, encode_refusal};
+use encoding::xfer::{Status, encode_ok, encode_refusal};
 
 fn stderr_text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -285,7 +285,7 @@ fn item07_progress_moves_at_least_every_200ms_on_a_slow_link() {
 fn item08_a_refusal_reason_from_the_network_is_escaped() {
     let evil = "nope\x1b[2J\x07\r\nxfer: fetch: fetched fine\0";
     let fake = Fake::start(move |mut s, _| {
-        let mut wire = [0u8; encoding::HEADER_LEN + encoding::MAX_REASON];
+        let mut wire = [0u8; encoding::xfer::HEADER_LEN + encoding::xfer::MAX_REASON];
         let n = encode_refusal(Status::Busy, evil, &mut wire);
         let _ = s.write_all(&wire[..n]);
     });
@@ -499,7 +499,7 @@ fn item14_an_in_place_change_that_keeps_size_and_mtime_is_noticed() {
     let mut rest = Vec::new();
     let _ = slow.read_to_end(&mut rest);
     assert!(
-        (first.len() + rest.len()) < data.len() + encoding::HEADER_LEN,
+        (first.len() + rest.len()) < data.len() + encoding::xfer::HEADER_LEN,
         "the old version's client got the whole response after an in-place change"
     );
     assert!(server.wait_stderr(5, |e| e.contains("cut (file changed)")), "{}", server.stderr());
@@ -585,8 +585,8 @@ fn item16_a_crowd_behind_one_address_is_served_and_the_excess_is_told_why() {
         .collect();
     for h in handles {
         let got = h.join().unwrap().expect("connection failed instead of a refusal");
-        match encoding::decode_response(&got) {
-            Ok(encoding::Decoded::Done(encoding::Response::Refused { status, reason }, _)) => {
+        match encoding::xfer::decode_response(&got) {
+            Ok(encoding::Decoded::Done(encoding::xfer::Response::Refused { status, reason }, _)) => {
                 assert_eq!(status, Status::Busy);
                 assert!(reason.contains("from your address"), "{reason:?}");
             }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::util::encoding::{Response, Status};
+use crate::util::encoding::xfer::{Response, Status};
 use crate::util::proxy::{Action, Plan, Proxy};
 use crate::util::raw::{self, expect_refusal, port, request, request_header, stalled_client};
 use crate::util::*;

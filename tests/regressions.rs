@@ -92,8 +92,8 @@ fn one_address_cannot_lock_out_another() {
     s.write_all(&request(None)).unwrap();
     let mut got = Vec::new();
     s.read_to_end(&mut got).expect("another address is served");
-    assert!(got.len() == encoding::HEADER_LEN + data.len(), "got {} bytes", got.len());
-    assert!(got[encoding::HEADER_LEN..] == data[..]);
+    assert!(got.len() == encoding::xfer::HEADER_LEN + data.len(), "got {} bytes", got.len());
+    assert!(got[encoding::xfer::HEADER_LEN..] == data[..]);
     // The lock-out really was tried: past the few refusals it may have in progress, the
     // hogging address had its connections closed at once.
     let closed = wait_until(Duration::from_secs(5), || hogs.iter().filter(|h| readable_now(h)).count() >= 20);

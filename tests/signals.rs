@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use encoding::Response;
+use encoding::xfer::Response;
 
 const PROMPT: &str = "continue listening or exit? [c/e]";
 
@@ -113,10 +113,10 @@ fn read_to_close(s: &mut TcpStream, secs: u64) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------
 
 /// Connects, sends a request, and decodes the refusal the server answers with.
-fn paused_refusal(addr: SocketAddr) -> (encoding::Status, String) {
+fn paused_refusal(addr: SocketAddr) -> (encoding::xfer::Status, String) {
     let got = raw::raw_fetch(addr, &request(None)).expect("raw fetch while paused");
-    match encoding::decode_response(&got) {
-        Ok(encoding::Decoded::Done(encoding::Response::Refused { status, reason }, _)) => (status, reason),
+    match encoding::xfer::decode_response(&got) {
+        Ok(encoding::Decoded::Done(encoding::xfer::Response::Refused { status, reason }, _)) => (status, reason),
         other => panic!("expected a refusal while paused, got {other:?} ({} bytes)", got.len()),
     }
 }
@@ -140,7 +140,7 @@ fn tty_ctrl_c_pauses_then_continue_resumes() {
     // come back ("unavailable: server paused"), and the pause is in the log.
     let t0 = Instant::now();
     let (status, reason) = paused_refusal(srv.addr);
-    assert_eq!(status, encoding::Status::Unavailable, "reason: {reason}; terminal:\n{}", srv.tty());
+    assert_eq!(status, encoding::xfer::Status::Unavailable, "reason: {reason}; terminal:\n{}", srv.tty());
     assert!(reason.contains("paused"), "reason {reason:?}");
     assert!(t0.elapsed() < Duration::from_secs(5), "the refusal took {:?}", t0.elapsed());
     let paused_fetch = fetch(&srv.addr.to_string(), &dir.path().join("paused.bin"), &["--quiet"]);
@@ -151,7 +151,7 @@ fn tty_ctrl_c_pauses_then_continue_resumes() {
     srv.type_text("maybe\n");
     let ok = srv.wait_tty(10, |t| t.matches(PROMPT).count() >= 2);
     assert!(ok, "an unknown answer did not ask again; terminal:\n{}", srv.tty());
-    assert_eq!(paused_refusal(srv.addr).0, encoding::Status::Unavailable);
+    assert_eq!(paused_refusal(srv.addr).0, encoding::xfer::Status::Unavailable);
     assert!(srv.is_alive(), "server exited on an unknown answer; terminal:\n{}", srv.tty());
 
     srv.type_text("c\n");

@@ -5,30 +5,31 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xfer::encoding::{self, Decoded, Response};
+use xfer::encoding::{self, Decoded};
+use xfer::encoding::xfer::Response;
 
 fuzz_target!(|data: &[u8]| {
-    let whole_req = encoding::decode_request(data);
-    let whole_resp = encoding::decode_response(data);
+    let whole_req = encoding::xfer::decode_request(data);
+    let whole_resp = encoding::xfer::decode_response(data);
     for cut in 0..data.len().min(320) {
-        if let Ok(Decoded::Done(..)) = encoding::decode_request(&data[..cut]) {
+        if let Ok(Decoded::Done(..)) = encoding::xfer::decode_request(&data[..cut]) {
             // A complete request at a prefix must be the same request at the whole.
-            assert_eq!(encoding::decode_request(&data[..cut]), whole_req);
+            assert_eq!(encoding::xfer::decode_request(&data[..cut]), whole_req);
         }
-        let _ = encoding::decode_response(&data[..cut]);
+        let _ = encoding::xfer::decode_response(&data[..cut]);
     }
     if let Ok(Decoded::Done(req, n)) = whole_req {
-        assert_eq!(n, encoding::REQUEST_LEN);
-        assert_eq!(&encoding::encode_request(&req)[..], &data[..n]);
+        assert_eq!(n, encoding::xfer::REQUEST_LEN);
+        assert_eq!(&encoding::xfer::encode_request(&req)[..], &data[..n]);
     }
     match whole_resp {
         Ok(Decoded::Done(Response::Ok { size, digest }, n)) => {
-            assert_eq!(&encoding::encode_ok(size, &digest)[..], &data[..n]);
+            assert_eq!(&encoding::xfer::encode_ok(size, &digest)[..], &data[..n]);
         }
         Ok(Decoded::Done(Response::Refused { status, reason }, n)) => {
-            assert!(n <= encoding::HEADER_LEN + encoding::MAX_REASON);
-            assert!(reason.len() <= 3 * encoding::MAX_REASON, "lossy decoding may grow, but boundedly");
-            assert_ne!(status, encoding::Status::Ok);
+            assert!(n <= encoding::xfer::HEADER_LEN + encoding::xfer::MAX_REASON);
+            assert!(reason.len() <= 3 * encoding::xfer::MAX_REASON, "lossy decoding may grow, but boundedly");
+            assert_ne!(status, encoding::xfer::Status::Ok);
         }
         _ => {}
     }

@@ -19,7 +19,10 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::encoding::{self, Response, Status};
+use crate::util::encoding::{
+    self,
+    xfer::{Response, Status},
+};
 use crate::util::fake::Fake;
 use crate::util::proxy::{Action, Plan, Proxy};
 use crate::util::raw::*;
@@ -469,7 +472,7 @@ fn assert_refused(s: &mut TcpStream, want: Status, secs: u64, what: &str) {
     let at = got
         .closed_at
         .unwrap_or_else(|| panic!("{what}: neither refused nor closed within {secs} s ({} bytes)", got.data.len()));
-    match encoding::decode_response(&got.data) {
+    match encoding::xfer::decode_response(&got.data) {
         Ok(encoding::Decoded::Done(Response::Refused { status, reason }, n)) => {
             assert_eq!(status, want, "{what}: reason {reason:?}");
             assert_eq!(n, got.data.len(), "{what}: bytes after the refusal");
@@ -995,14 +998,14 @@ fn client_rejects_bad_headers() {
     std::fs::create_dir(&outdir).unwrap();
     let out = outdir.join("out.bin");
     let body = b"0123456789".to_vec();
-    let ok = encoding::encode_ok(body.len() as u64, &digest(&body));
+    let ok = encoding::xfer::encode_ok(body.len() as u64, &digest(&body));
     let with = |mut h: [u8; 48], at: usize, v: u8| {
         h[at] = v;
         [&h[..], &body[..]].concat()
     };
-    let mut refusal = [0u8; encoding::HEADER_LEN + encoding::MAX_REASON];
-    let n = encoding::encode_refusal(Status::Other(200), "go away, says the fake", &mut refusal);
-    let huge = [&encoding::encode_ok(u64::MAX, &[7; 32])[..], &random_bytes(100_000, 22)[..]].concat();
+    let mut refusal = [0u8; encoding::xfer::HEADER_LEN + encoding::xfer::MAX_REASON];
+    let n = encoding::xfer::encode_refusal(Status::Other(200), "go away, says the fake", &mut refusal);
+    let huge = [&encoding::xfer::encode_ok(u64::MAX, &[7; 32])[..], &random_bytes(100_000, 22)[..]].concat();
     let cases: Vec<(&str, Vec<u8>, &[i32])> = vec![
         ("http answer", b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(), &[4]),
         ("version 9", with(ok, 4, 9), &[4]),

@@ -29,10 +29,10 @@ impl Fake {
             let Ok((mut s, _)) = l.accept() else { return };
             let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
             let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-            let mut req = [0u8; encoding::REQUEST_LEN];
+            let mut req = [0u8; encoding::xfer::REQUEST_LEN];
             let verdict = match s.read_exact(&mut req) {
                 Err(e) => Err(format!("reading request: {e}")),
-                Ok(()) => match encoding::decode_request(&req) {
+                Ok(()) => match encoding::xfer::decode_request(&req) {
                     Ok(encoding::Decoded::Done(r, _)) if r.offset == 0 => Ok(()),
                     other => Err(format!("bad request {other:?}: {req:02x?}")),
                 },

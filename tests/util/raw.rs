@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::encoding::{self, Decoded, Digest, Response, Status};
+use super::encoding::xfer::{Response, Status};
+use super::encoding::{self, Decoded, Digest};
 use super::{MIB, digest};
 
 /// `a.b.c.d` as an address (several loopback sources stand in for several hosts).
@@ -44,8 +45,8 @@ pub fn reset(s: TcpStream) {
 }
 
 /// A protocol request (offset 0, optional token digest).
-pub fn request(token: Option<&str>) -> [u8; encoding::REQUEST_LEN] {
-    encoding::encode_request(&encoding::Request {
+pub fn request(token: Option<&str>) -> [u8; encoding::xfer::REQUEST_LEN] {
+    encoding::xfer::encode_request(&encoding::xfer::Request {
         offset: 0,
         token: token.map(|t| *blake3::hash(t.as_bytes()).as_bytes()),
     })
@@ -53,17 +54,17 @@ pub fn request(token: Option<&str>) -> [u8; encoding::REQUEST_LEN] {
 
 /// The whole response a good server gives for `data`: header, then the bytes.
 pub fn expected_response(data: &[u8]) -> Vec<u8> {
-    let mut v = encoding::encode_ok(data.len() as u64, &digest(data)).to_vec();
+    let mut v = encoding::xfer::encode_ok(data.len() as u64, &digest(data)).to_vec();
     v.extend_from_slice(data);
     v
 }
 
 /// Reads exactly one response header (and a refusal's reason), never a body byte.
 pub fn read_response(s: &mut TcpStream) -> io::Result<Response> {
-    let mut buf = Vec::with_capacity(encoding::HEADER_LEN + encoding::MAX_REASON);
+    let mut buf = Vec::with_capacity(encoding::xfer::HEADER_LEN + encoding::xfer::MAX_REASON);
     // A header and a reason take at most three rounds (header, reason length, reason).
     for _ in 0..4 {
-        match encoding::decode_response(&buf) {
+        match encoding::xfer::decode_response(&buf) {
             Ok(Decoded::Done(r, _)) => return Ok(r),
             Ok(Decoded::NeedMore(n)) => {
                 let start = buf.len();
@@ -360,14 +361,19 @@ impl SlowReader {
                 assert!(
                     hd == *want,
                     "{what}: header digest {} != file digest {}",
-                    encoding::hex(&hd),
-                    encoding::hex(want)
+                    blake3::Hash::from_bytes(hd).to_hex(),
+                    blake3::Hash::from_bytes(*want).to_hex()
                 );
             }
             other => panic!("{what}: header {other:?}"),
         }
         assert_eq!(n, size, "{what}: received {n} body bytes, expected {size}");
-        assert!(d == *want, "{what}: body digest {} != file digest {}", encoding::hex(&d), encoding::hex(want));
+        assert!(
+            d == *want,
+            "{what}: body digest {} != file digest {}",
+            blake3::Hash::from_bytes(d).to_hex(),
+            blake3::Hash::from_bytes(*want).to_hex()
+        );
     }
 }
 

@@ -1,0 +1,432 @@
+//! The native wire protocol (docs/PROTOCOL.md): a fixed-size request, a fixed-size
+//! response header, then the file's bytes or a short refusal reason.
+//!
+//! Pure functions: nothing here does I/O or allocates from a length the peer sent.
+//! Decoders take whatever bytes have arrived so far and answer "need more", a value, or a
+//! typed error; they never panic, whatever the input. Both messages are 48 bytes, so a peer
+//! can make us hold at most 48 bytes before we know what it is.
+
+use thiserror::Error;
+
+use super::{Decoded, Digest};
+
+/// First four bytes of a request. `0xF0` is not ASCII, so no HTTP method or TLS record
+/// starts this way and HTTP can later share the port.
+pub const REQUEST_MAGIC: [u8; 4] = [0xF0, b'X', b'F', b'Q'];
+/// First four bytes of a response header.
+pub const RESPONSE_MAGIC: [u8; 4] = [0xF0, b'X', b'F', b'R'];
+/// The only protocol version spoken so far.
+pub const VERSION: u8 = 1;
+/// Size of a request on the wire.
+pub const REQUEST_LEN: usize = 48;
+/// Size of a response header on the wire (a refusal's reason follows it).
+pub const HEADER_LEN: usize = 48;
+/// Request flag: the token field carries BLAKE3(token).
+pub const FLAG_TOKEN: u8 = 0x01;
+
+/// What a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// First byte of the file wanted.
+    pub offset: u64,
+    /// BLAKE3 of the shared token, if the client has one.
+    pub token: Option<Digest>,
+}
+
+/// Status byte of a response header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    UnsupportedVersion,
+    BadRequest,
+    Forbidden,
+    BadToken,
+    Busy,
+    BadOffset,
+    Unavailable,
+    /// A status this build does not know; still a refusal.
+    Other(u8),
+}
+
+impl Status {
+    pub fn code(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::UnsupportedVersion => 1,
+            Status::BadRequest => 2,
+            Status::Forbidden => 3,
+            Status::BadToken => 4,
+            Status::Busy => 5,
+            Status::BadOffset => 6,
+            Status::Unavailable => 7,
+            Status::Other(c) => c,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Status {
+        match code {
+            0 => Status::Ok,
+            1 => Status::UnsupportedVersion,
+            2 => Status::BadRequest,
+            3 => Status::Forbidden,
+            4 => Status::BadToken,
+            5 => Status::Busy,
+            6 => Status::BadOffset,
+            7 => Status::Unavailable,
+            c => Status::Other(c),
+        }
+    }
+
+    /// The reason a server sends with this status when it has nothing more specific.
+    pub fn default_reason(self) -> &'static str {
+        match self {
+            Status::Ok => "",
+            Status::UnsupportedVersion => "unsupported protocol version",
+            Status::BadRequest => "malformed request",
+            Status::Forbidden => "your address is not allowed",
+            Status::BadToken => "missing or wrong access token",
+            Status::Busy => "server busy, try again later",
+            Status::BadOffset => "offset is past the end of the file",
+            Status::Unavailable => "server is shutting down",
+            Status::Other(_) => "refused",
+        }
+    }
+}
+
+/// A decoded response header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The file follows: `size - offset` bytes whose whole-file digest is `digest`.
+    Ok { size: u64, digest: Digest },
+    /// The server refused; `reason` is at most 255 bytes, lossily decoded.
+    Refused { status: Status, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    #[error("not an xfer peer (bad magic)")]
+    BadMagic,
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    #[error("unknown flags {0:#04x}")]
+    UnknownFlags(u8),
+    #[error("reserved bytes are not zero")]
+    Reserved,
+    #[error("refusal with status {0} carries no reason")]
+    MissingReason(u8),
+    #[error("success header carries a reason")]
+    UnexpectedReason,
+}
+
+/// Encodes a request.
+pub fn encode_request(req: &Request) -> [u8; REQUEST_LEN] {
+    let mut out = [0u8; REQUEST_LEN];
+    out[0..4].copy_from_slice(&REQUEST_MAGIC);
+    out[4] = VERSION;
+    out[8..16].copy_from_slice(&req.offset.to_be_bytes());
+    if let Some(token) = &req.token {
+        out[5] = FLAG_TOKEN;
+        out[16..48].copy_from_slice(token);
+    }
+    out
+}
+
+/// Decodes a request from the bytes received so far.
+///
+/// The magic is checked as soon as the bytes arrive, so a stranger is recognised early.
+/// A bad version is reported before the rest of the request is waited for, so the server
+/// can refuse a newer client with a reason instead of timing it out.
+pub fn decode_request(buf: &[u8]) -> Result<Decoded<Request>, DecodeError> {
+    check_magic(buf, &REQUEST_MAGIC)?;
+    if let Some(&v) = buf.get(4)
+        && v != VERSION
+    {
+        return Err(DecodeError::UnsupportedVersion(v));
+    }
+    if buf.len() < REQUEST_LEN {
+        return Ok(Decoded::NeedMore(REQUEST_LEN - buf.len()));
+    }
+    let flags = buf[5];
+    if flags & !FLAG_TOKEN != 0 {
+        return Err(DecodeError::UnknownFlags(flags));
+    }
+    if buf[6] != 0 || buf[7] != 0 {
+        return Err(DecodeError::Reserved);
+    }
+    let offset = u64::from_be_bytes(array8(&buf[8..16]));
+    let token = if flags & FLAG_TOKEN != 0 {
+        let mut t = [0u8; 32];
+        t.copy_from_slice(&buf[16..48]);
+        Some(t)
+    } else {
+        if buf[16..48].iter().any(|&b| b != 0) {
+            return Err(DecodeError::Reserved);
+        }
+        None
+    };
+    Ok(Decoded::Done(Request { offset, token }, REQUEST_LEN))
+}
+
+/// Encodes the header of a successful response.
+pub fn encode_ok(size: u64, digest: &Digest) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[0..4].copy_from_slice(&RESPONSE_MAGIC);
+    out[4] = VERSION;
+    out[8..16].copy_from_slice(&size.to_be_bytes());
+    out[16..48].copy_from_slice(digest);
+    out
+}
+
+/// Longest refusal reason that fits the one-byte length field.
+pub const MAX_REASON: usize = 255;
+
+/// Encodes a refusal: header then reason, into `out`; returns the length used.
+/// The reason is cut to 255 bytes (at a character boundary) and never left empty.
+pub fn encode_refusal(status: Status, reason: &str, out: &mut [u8; HEADER_LEN + MAX_REASON]) -> usize {
+    debug_assert!(status != Status::Ok, "a refusal needs a non-zero status");
+    let mut reason = if reason.is_empty() { "refused" } else { reason };
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason = &reason[..cut];
+    }
+    out[..HEADER_LEN].fill(0);
+    out[0..4].copy_from_slice(&RESPONSE_MAGIC);
+    out[4] = VERSION;
+    out[5] = status.code();
+    out[6] = reason.len() as u8;
+    out[HEADER_LEN..HEADER_LEN + reason.len()].copy_from_slice(reason.as_bytes());
+    HEADER_LEN + reason.len()
+}
+
+/// Decodes a response header (and, for a refusal, its reason) from the bytes so far.
+/// For `Ok`, the returned length is `HEADER_LEN`; the body starts right after it.
+pub fn decode_response(buf: &[u8]) -> Result<Decoded<Response>, DecodeError> {
+    check_magic(buf, &RESPONSE_MAGIC)?;
+    if let Some(&v) = buf.get(4)
+        && v != VERSION
+    {
+        return Err(DecodeError::UnsupportedVersion(v));
+    }
+    if buf.len() < HEADER_LEN {
+        return Ok(Decoded::NeedMore(HEADER_LEN - buf.len()));
+    }
+    if buf[7] != 0 {
+        return Err(DecodeError::Reserved);
+    }
+    let status = Status::from_code(buf[5]);
+    let reason_len = buf[6] as usize;
+    if status == Status::Ok {
+        if reason_len != 0 {
+            return Err(DecodeError::UnexpectedReason);
+        }
+        let size = u64::from_be_bytes(array8(&buf[8..16]));
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&buf[16..48]);
+        return Ok(Decoded::Done(Response::Ok { size, digest }, HEADER_LEN));
+    }
+    if reason_len == 0 {
+        return Err(DecodeError::MissingReason(buf[5]));
+    }
+    let total = HEADER_LEN + reason_len;
+    if buf.len() < total {
+        return Ok(Decoded::NeedMore(total - buf.len()));
+    }
+    let reason = String::from_utf8_lossy(&buf[HEADER_LEN..total]).into_owned();
+    Ok(Decoded::Done(Response::Refused { status, reason }, total))
+}
+
+/// Compares the magic against however many bytes have arrived.
+fn check_magic(buf: &[u8], magic: &[u8; 4]) -> Result<(), DecodeError> {
+    let n = buf.len().min(4);
+    if buf[..n] != magic[..n] {
+        return Err(DecodeError::BadMagic);
+    }
+    Ok(())
+}
+
+fn array8(s: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(s);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn request_round_trip() {
+        for req in [
+            Request { offset: 0, token: None },
+            Request { offset: u64::MAX, token: Some([7; 32]) },
+            Request { offset: 1 << 33, token: None },
+        ] {
+            let wire = encode_request(&req);
+            assert_eq!(decode_request(&wire), Ok(Decoded::Done(req, REQUEST_LEN)));
+        }
+    }
+
+    #[test]
+    fn request_needs_more_at_every_prefix() {
+        let wire = encode_request(&Request { offset: 5, token: None });
+        for n in 0..REQUEST_LEN {
+            assert_eq!(decode_request(&wire[..n]), Ok(Decoded::NeedMore(REQUEST_LEN - n)), "prefix {n}");
+        }
+    }
+
+    #[test]
+    fn request_extra_bytes_are_not_consumed() {
+        let mut wire = encode_request(&Request { offset: 0, token: None }).to_vec();
+        wire.extend_from_slice(b"trailing");
+        assert!(matches!(decode_request(&wire), Ok(Decoded::Done(_, REQUEST_LEN))));
+    }
+
+    #[test]
+    fn request_malformed() {
+        let good = encode_request(&Request { offset: 0, token: None });
+        assert_eq!(decode_request(b"GET / HTTP/1.1\r\n"), Err(DecodeError::BadMagic));
+        assert_eq!(decode_request(b"HEAD"), Err(DecodeError::BadMagic));
+        assert_eq!(decode_request(&[0x16, 3, 1]), Err(DecodeError::BadMagic));
+        assert_eq!(decode_request(&[0xF0, b'X', b'F', b'R']), Err(DecodeError::BadMagic));
+        let mut v = good;
+        v[4] = 2;
+        assert_eq!(decode_request(&v[..5]), Err(DecodeError::UnsupportedVersion(2)));
+        let mut f = good;
+        f[5] = 0x80;
+        assert_eq!(decode_request(&f), Err(DecodeError::UnknownFlags(0x80)));
+        let mut r = good;
+        r[7] = 1;
+        assert_eq!(decode_request(&r), Err(DecodeError::Reserved));
+        let mut t = good;
+        t[20] = 1; // token bytes without the token flag
+        assert_eq!(decode_request(&t), Err(DecodeError::Reserved));
+    }
+
+    #[test]
+    fn ok_header_round_trip() {
+        let digest = *blake3::hash(b"abc").as_bytes();
+        let wire = encode_ok(u64::MAX, &digest);
+        assert_eq!(decode_response(&wire), Ok(Decoded::Done(Response::Ok { size: u64::MAX, digest }, HEADER_LEN)));
+        for n in 0..HEADER_LEN {
+            assert_eq!(decode_response(&wire[..n]), Ok(Decoded::NeedMore(HEADER_LEN - n)));
+        }
+    }
+
+    #[test]
+    fn refusal_round_trip_and_truncation() {
+        let mut buf = [0u8; HEADER_LEN + MAX_REASON];
+        let n = encode_refusal(Status::Busy, "too many", &mut buf);
+        assert_eq!(n, HEADER_LEN + 8);
+        assert_eq!(decode_response(&buf[..n - 1]), Ok(Decoded::NeedMore(1)));
+        assert_eq!(
+            decode_response(&buf[..n]),
+            Ok(Decoded::Done(Response::Refused { status: Status::Busy, reason: "too many".into() }, n))
+        );
+        // A long reason is cut at a character boundary, never mid-character.
+        let long = "é".repeat(200);
+        let n = encode_refusal(Status::Forbidden, &long, &mut buf);
+        assert!(n <= HEADER_LEN + MAX_REASON);
+        match decode_response(&buf[..n]) {
+            Ok(Decoded::Done(Response::Refused { reason, .. }, _)) => {
+                assert!(reason.chars().all(|c| c == 'é'));
+                assert_eq!(reason.len(), 254);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let n = encode_refusal(Status::Other(200), "", &mut buf);
+        assert!(matches!(
+            decode_response(&buf[..n]),
+            Ok(Decoded::Done(Response::Refused { status: Status::Other(200), .. }, _))
+        ));
+    }
+
+    #[test]
+    fn response_malformed() {
+        let ok = encode_ok(1, &[0; 32]);
+        assert_eq!(decode_response(b"HTTP/1.1 200 OK"), Err(DecodeError::BadMagic));
+        let mut v = ok;
+        v[4] = 9;
+        assert_eq!(decode_response(&v), Err(DecodeError::UnsupportedVersion(9)));
+        let mut r = ok;
+        r[7] = 1;
+        assert_eq!(decode_response(&r), Err(DecodeError::Reserved));
+        let mut e = ok;
+        e[6] = 3;
+        assert_eq!(decode_response(&e), Err(DecodeError::UnexpectedReason));
+        let mut m = ok;
+        m[5] = 4;
+        assert_eq!(decode_response(&m), Err(DecodeError::MissingReason(4)));
+    }
+
+    #[test]
+    fn status_codes_round_trip() {
+        for c in 0..=255u8 {
+            assert_eq!(Status::from_code(c).code(), c);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode_request(&bytes);
+            let _ = decode_response(&bytes);
+        }
+
+        #[test]
+        fn decoders_never_panic_on_near_valid(
+            mut head in proptest::array::uniform32(any::<u8>()),
+            tail in proptest::collection::vec(any::<u8>(), 0..300),
+            which in 0..2u8,
+        ) {
+            // Mostly-valid prefixes reach the deeper branches that random bytes rarely do.
+            let magic = if which == 0 { REQUEST_MAGIC } else { RESPONSE_MAGIC };
+            head[..4].copy_from_slice(&magic);
+            head[4] = VERSION;
+            let mut bytes = head.to_vec();
+            bytes.extend_from_slice(&tail);
+            // Whatever the verdict, it must be consistent: a value decoded from the whole
+            // input decodes the same from exactly the bytes it used, "need more" never asks
+            // for bytes that were already there, and a value never uses more than was given.
+            if which == 0 {
+                match decode_request(&bytes) {
+                    Ok(Decoded::Done(v, n)) => {
+                        prop_assert!(n <= bytes.len());
+                        prop_assert_eq!(decode_request(&bytes[..n]), Ok(Decoded::Done(v, n)));
+                    }
+                    Ok(Decoded::NeedMore(k)) => prop_assert_eq!(bytes.len() + k, REQUEST_LEN),
+                    Err(e) => prop_assert_ne!(e, DecodeError::BadMagic, "the magic was right"),
+                }
+            } else {
+                match decode_response(&bytes) {
+                    Ok(Decoded::Done(v, n)) => {
+                        prop_assert!(n <= bytes.len());
+                        prop_assert_eq!(decode_response(&bytes[..n]), Ok(Decoded::Done(v, n)));
+                    }
+                    Ok(Decoded::NeedMore(k)) => prop_assert!(k > 0 && bytes.len() + k <= HEADER_LEN + MAX_REASON),
+                    Err(e) => prop_assert_ne!(e, DecodeError::BadMagic, "the magic was right"),
+                }
+            }
+        }
+
+        #[test]
+        fn request_round_trips(offset in any::<u64>(), token in proptest::option::of(proptest::array::uniform32(any::<u8>()))) {
+            let req = Request { offset, token };
+            prop_assert_eq!(decode_request(&encode_request(&req)), Ok(Decoded::Done(req, REQUEST_LEN)));
+        }
+
+        #[test]
+        fn refusal_reason_round_trips(code in 1..=255u8, reason in "[a-z ]{1,255}") {
+            let mut buf = [0u8; HEADER_LEN + MAX_REASON];
+            let n = encode_refusal(Status::from_code(code), &reason, &mut buf);
+            prop_assert_eq!(
+                decode_response(&buf[..n]),
+                Ok(Decoded::Done(Response::Refused { status: Status::from_code(code), reason: reason.clone() }, n))
+            );
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Who gets the file: the allow list, the client limits (overall and per address, shared by
+//! every event loop), the pause while the Ctrl+C question is open, and the token.
+//!
+//! Owns: the counts of clients in flight and the verdict. A refusal is a [`Refusal`], a
+//! type of its own that each protocol renders its own way (a status and reason in a native
+//! header; an HTTP status). Must never know: sockets, sessions' phases, or wire formats.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::lock;
+use crate::encoding::Digest;
+use crate::encoding::xfer::Status;
+
+/// Refusals in progress per address; past it, that address's connections are answered at
+/// once without waiting for their request, so one address cannot fill the slots kept for
+/// answering others.
+const REFUSING_PER_IP: u32 = 8;
+
+/// Limits and policy for admitting clients.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub max_clients: usize,
+    /// Clients at once from one address; `usize::MAX` for no limit.
+    pub max_per_ip: usize,
+    pub allow: Vec<Cidr>,
+    /// BLAKE3 of the shared token, when one is required.
+    pub token: Option<Digest>,
+    pub request_timeout: Duration,
+    pub send_timeout: Duration,
+    pub quiet: bool,
+}
+
+/// Why a client is refused: the server's verdict, which each protocol turns into its own
+/// answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its address is not in `--allow`.
+    Forbidden,
+    BadToken,
+    /// The server is at `--max-clients`.
+    Busy,
+    /// Its address is at `--max-per-ip`.
+    BusyFromYou,
+    /// No good snapshot: the file is being changed.
+    Changing,
+    /// The Ctrl+C question is open.
+    Paused,
+    BadRequest,
+    UnsupportedVersion,
+    BadOffset,
+}
+
+impl Refusal {
+    /// The native protocol's status for it.
+    pub fn status(self) -> Status {
+        match self {
+            Refusal::Forbidden => Status::Forbidden,
+            Refusal::BadToken => Status::BadToken,
+            Refusal::Busy | Refusal::BusyFromYou => Status::Busy,
+            Refusal::Changing | Refusal::Paused => Status::Unavailable,
+            Refusal::BadRequest => Status::BadRequest,
+            Refusal::UnsupportedVersion => Status::UnsupportedVersion,
+            Refusal::BadOffset => Status::BadOffset,
+        }
+    }
+
+    /// The text the client is shown, and the server logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Busy => "server busy: at its limit of clients; try again later",
+            Refusal::BusyFromYou => "server busy: too many clients from your address; try again later",
+            Refusal::Changing => "the file is being changed on the server; try again shortly",
+            Refusal::Paused => "server paused; try again shortly",
+            other => other.status().default_reason(),
+        }
+    }
+}
+
+/// How a new connection is let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Counted against the limits; it may be served.
+    Admitted,
+    /// To be refused once its request is read (so that closing does not reset it).
+    Refusing(Refusal),
+    /// To be refused at once, without waiting for anything.
+    Reject(Refusal),
+}
+
+/// Clients in flight, overall and per address; shared by every event loop.
+#[derive(Debug, Default)]
+pub struct Limits {
+    active: usize,
+    per_ip: HashMap<IpAddr, PerIp>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PerIp {
+    admitted: u32,
+    refusing: u32,
+}
+
+/// One event loop's door: its policy, the shared counts, and whether it is paused.
+pub struct Admission {
+    pub policy: Policy,
+    limits: Arc<Mutex<Limits>>,
+    paused: bool,
+}
+
+impl Admission {
+    pub fn new(policy: Policy, limits: Arc<Mutex<Limits>>) -> Admission {
+        Admission { policy, limits, paused: false }
+    }
+
+    /// Lets a connection from `ip` in, or says how to refuse it. `changing`: there is no
+    /// good snapshot to serve right now.
+    pub fn enter(&mut self, ip: IpAddr, changing: bool) -> Entry {
+        let allowed = self.policy.allow.is_empty() || self.policy.allow.iter().any(|c| c.contains(ip));
+        let mut limits = lock(&self.limits);
+        let active = limits.active;
+        let counts = limits.per_ip.entry(ip).or_default();
+        // Strangers learn nothing but that they are not allowed.
+        let refuse = if !allowed {
+            Some(Refusal::Forbidden)
+        } else if self.paused {
+            Some(Refusal::Paused)
+        } else if active >= self.policy.max_clients {
+            Some(Refusal::Busy)
+        } else if counts.admitted as usize >= self.policy.max_per_ip {
+            Some(Refusal::BusyFromYou)
+        } else if changing {
+            Some(Refusal::Changing)
+        } else {
+            None
+        };
+        match refuse {
+            None => {
+                counts.admitted += 1;
+                limits.active += 1;
+                Entry::Admitted
+            }
+            Some(why) if counts.refusing >= REFUSING_PER_IP => {
+                if counts.admitted == 0 && counts.refusing == 0 {
+                    limits.per_ip.remove(&ip);
+                }
+                Entry::Reject(why)
+            }
+            Some(why) => {
+                counts.refusing += 1;
+                Entry::Refusing(why)
+            }
+        }
+    }
+
+    /// A connection let in by `enter` (admitted or refusing) is gone.
+    pub fn leave(&mut self, ip: IpAddr, admitted: bool) {
+        let mut limits = lock(&self.limits);
+        if admitted {
+            limits.active = limits.active.saturating_sub(1);
+        }
+        if let Some(c) = limits.per_ip.get_mut(&ip) {
+            if admitted {
+                c.admitted = c.admitted.saturating_sub(1);
+            } else {
+                c.refusing = c.refusing.saturating_sub(1);
+            }
+            if c.admitted == 0 && c.refusing == 0 {
+                limits.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Whether the token the client presented (as its BLAKE3 digest) is good.
+    pub fn check_token(&self, presented: Option<&Digest>) -> Result<(), Refusal> {
+        let Some(want) = &self.policy.token else { return Ok(()) };
+        match presented {
+            // blake3::Hash compares in constant time.
+            Some(got) if blake3::Hash::from_bytes(*got) == blake3::Hash::from_bytes(*want) => Ok(()),
+            _ => Err(Refusal::BadToken),
+        }
+    }
+
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Clients in flight in the whole server.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.limits).active
+    }
+}
+
+/// An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`; limits, the allow
+/// list and the logs all want the plain IPv4 address.
+pub fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
+/// An address block for `--allow`: `10.0.0.0/8`, `::1/128`, or a bare address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr.to_canonical(), ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix as u32) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix as u32) };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("`{s}` is not an address or CIDR block"))?;
+        // A mapped IPv6 block is stored as IPv4 so that it matches IPv4 clients.
+        let (addr, max, shift) = match addr.to_canonical() {
+            IpAddr::V4(v4) if addr.is_ipv6() => (IpAddr::V4(v4), 32u8, 96u8),
+            IpAddr::V4(v4) => (IpAddr::V4(v4), 32, 0),
+            v6 => (v6, 128, 0),
+        };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => {
+                let p: u8 = p.parse().map_err(|_| format!("`{s}`: bad prefix length"))?;
+                if p < shift || p - shift > max {
+                    return Err(format!("`{s}`: prefix length out of range"));
+                }
+                p - shift
+            }
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            max_clients: 3,
+            max_per_ip: 2,
+            allow: vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()],
+            token: None,
+            request_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+            quiet: true,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        canonical(SocketAddr::new(s.parse().unwrap(), 1)).ip()
+    }
+
+    #[test]
+    fn limits_allow_list_and_refusals_in_progress() {
+        let mut a = Admission::new(policy(), Arc::default());
+        assert_eq!(a.enter(ip("127.0.0.1"), false), Entry::Admitted);
+        assert_eq!(a.enter(ip("::ffff:127.0.0.1"), false), Entry::Admitted, "mapped addresses count as IPv4");
+        assert_eq!(a.enter(ip("127.0.0.1"), false), Entry::Refusing(Refusal::BusyFromYou));
+        assert_eq!(a.enter(ip("127.0.0.2"), false), Entry::Admitted);
+        assert_eq!(a.enter(ip("127.0.0.3"), false), Entry::Refusing(Refusal::Busy), "client cap");
+        assert_eq!(a.enter(ip("10.0.0.1"), false), Entry::Refusing(Refusal::Forbidden));
+        // One address may hold only a few refusals in progress; past that, at once.
+        for _ in 1..REFUSING_PER_IP {
+            assert_eq!(a.enter(ip("10.0.0.9"), false), Entry::Refusing(Refusal::Forbidden));
+        }
+        assert_eq!(a.enter(ip("10.0.0.9"), false), Entry::Refusing(Refusal::Forbidden));
+        assert_eq!(a.enter(ip("10.0.0.9"), false), Entry::Reject(Refusal::Forbidden));
+        assert_eq!(a.in_flight(), 3);
+        a.leave(ip("127.0.0.1"), true);
+        a.leave(ip("127.0.0.1"), false);
+        assert_eq!(a.in_flight(), 2);
+        assert_eq!(a.enter(ip("127.0.0.1"), false), Entry::Admitted);
+        for _ in 0..REFUSING_PER_IP {
+            a.leave(ip("10.0.0.9"), false);
+        }
+        assert_eq!(a.enter(ip("10.0.0.9"), false), Entry::Refusing(Refusal::Forbidden), "refusal slots come back");
+    }
+
+    #[test]
+    fn pause_and_changing() {
+        let mut a = Admission::new(policy(), Arc::default());
+        a.set_paused(true);
+        assert_eq!(a.enter(ip("127.0.0.1"), false), Entry::Refusing(Refusal::Paused));
+        assert_eq!(a.enter(ip("10.0.0.1"), false), Entry::Refusing(Refusal::Forbidden), "strangers learn nothing");
+        a.set_paused(false);
+        assert_eq!(a.enter(ip("127.0.0.1"), true), Entry::Refusing(Refusal::Changing));
+        assert_eq!(a.enter(ip("127.0.0.1"), false), Entry::Admitted);
+    }
+
+    #[test]
+    fn tokens() {
+        let mut p = policy();
+        let good = *blake3::hash(b"secret").as_bytes();
+        p.token = Some(good);
+        let a = Admission::new(p, Arc::default());
+        assert_eq!(a.check_token(Some(&good)), Ok(()));
+        assert_eq!(a.check_token(Some(blake3::hash(b"Secret").as_bytes())), Err(Refusal::BadToken));
+        assert_eq!(a.check_token(None), Err(Refusal::BadToken));
+        assert_eq!(Admission::new(policy(), Arc::default()).check_token(None), Ok(()));
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let c: Cidr = "192.168.1.0/24".parse().unwrap();
+        assert!(c.contains("192.168.1.77".parse().unwrap()));
+        assert!(c.contains("::ffff:192.168.1.77".parse().unwrap()));
+        assert!(!c.contains("192.168.2.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!(!all.contains("::1".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains("10.1.2.3".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nonsense", "::/129", "1.2.3.4/x", "::ffff:1.2.3.4/90"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+}

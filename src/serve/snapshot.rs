@@ -1,0 +1,300 @@
+//! One version of the served file: its size, its BLAKE3 digest, and either its bytes (small
+//! files) or the one open descriptor that every client's `sendfile(2)` reads from at its
+//! own offset. Shared (`Arc`) by every client that started on it; no client owns a buffer.
+//!
+//! Owns: opening, checking and hashing the file, and telling whether the file on disk still
+//! is this version. Must never know: clients, sockets, or any wire format (it holds no
+//! wire bytes; each protocol renders its own head from it).
+//!
+//! Invariant: a snapshot seen to change is never finished as good. Its bytes in memory stay
+//! exact whatever happens on disk; one served from the descriptor is `stale` once the file
+//! changed, and its clients are cut.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use thiserror::Error;
+
+use super::shown;
+use crate::encoding::Digest;
+
+/// Files up to this size are held in memory: head and body then leave in one `writev`,
+/// and the snapshot is immune to the file changing on disk.
+pub const MEMORY_MAX: u64 = 256 * 1024;
+
+/// Why the input file cannot be served.
+#[derive(Debug, Error)]
+pub enum InputError {
+    #[error("{}: {source}", shown(.path))]
+    Open { path: PathBuf, source: io::Error },
+    #[error("{}: is a {kind}, not a regular file", shown(.path))]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{}: the file kept changing while it was being read", shown(.path))]
+    Unstable { path: PathBuf },
+}
+
+/// What `fstat` can tell of one version of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    inode: (u64, u64),
+    nlink: u64,
+}
+
+impl Identity {
+    fn of(m: &std::fs::Metadata) -> Identity {
+        Identity {
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            inode: (m.dev(), m.ino()),
+            nlink: m.nlink(),
+        }
+    }
+
+    /// Whether the bytes may differ from `self`'s. Size and mtime say so for most writers;
+    /// one that puts the mtime back (`rsync --inplace -t`, `touch -d`) still moves the
+    /// ctime, which only the kernel sets. But the ctime also moves when a rename replaces
+    /// the file (its link count drops) or it is renamed or chmod-ed, none of which touch
+    /// its bytes. So `by_ctime` is used only where inotify cannot tell us of writes: a
+    /// ctime change with the link count unchanged then counts as a change (a chmod or a
+    /// rename of the served file itself costs its clients a cut, never a wrong byte).
+    fn differs(&self, now: &Identity, by_ctime: bool) -> bool {
+        self.size != now.size
+            || self.mtime != now.mtime
+            || (by_ctime && self.ctime != now.ctime && self.nlink == now.nlink)
+    }
+}
+
+/// One version of the served file, shared by every client that started on it.
+pub struct Snapshot {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    digest: Digest,
+    memory: Option<Box<[u8]>>,
+    identity: Identity,
+    /// Set once the file is seen to differ from this snapshot on disk. Clients being served
+    /// from the descriptor are then cut rather than handed mixed bytes.
+    changed: AtomicBool,
+}
+
+impl Snapshot {
+    /// Opens, checks and hashes the file. Refuses anything but a regular file before opening
+    /// it (opening a FIFO would block), and re-reads if the file changes while being hashed.
+    pub fn open(path: &Path) -> Result<Snapshot, InputError> {
+        Snapshot::open_with(path, &mut |_, _| {})
+    }
+
+    /// [`Snapshot::open`], telling `progress(hashed, size)` as the hashing goes.
+    pub fn open_with(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Snapshot, InputError> {
+        let open_err = |source| InputError::Open { path: path.to_path_buf(), source };
+        let meta = std::fs::metadata(path).map_err(open_err)?;
+        check_regular(path, &meta)?;
+        // O_NONBLOCK: should the path be swapped for a FIFO between the check and the open,
+        // the open still returns at once; the fstat below then refuses it.
+        let file =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err)?;
+        for _ in 0..5 {
+            let before = file.metadata().map_err(open_err)?;
+            check_regular(path, &before)?;
+            let identity = Identity::of(&before);
+            let Some((digest, memory)) = hash_file(&file, identity.size, progress).map_err(open_err)? else {
+                continue; // shrank while being read
+            };
+            let after = Identity::of(&file.metadata().map_err(open_err)?);
+            if identity.differs(&after, true) {
+                continue;
+            }
+            return Ok(Snapshot {
+                path: path.to_path_buf(),
+                file,
+                size: identity.size,
+                digest,
+                memory,
+                identity,
+                changed: AtomicBool::new(false),
+            });
+        }
+        Err(InputError::Unstable { path: path.to_path_buf() })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the bytes are held in memory (small files) rather than sent from the descriptor.
+    pub fn in_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// The bytes, when they are held in memory.
+    pub fn memory(&self) -> Option<&[u8]> {
+        self.memory.as_deref()
+    }
+
+    /// The open descriptor every client's `sendfile` reads from.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether the file was seen to change on disk since this snapshot was taken.
+    pub fn is_changed(&self) -> bool {
+        self.changed.load(Ordering::Relaxed)
+    }
+
+    /// Whether this snapshot can no longer be served: it is sent from a descriptor, and the
+    /// file behind it changed. (A snapshot held in memory stays exact whatever happens.)
+    pub fn is_stale(&self) -> bool {
+        self.is_changed() && !self.in_memory()
+    }
+
+    /// Compares the open descriptor with the snapshot; marks and reports a change (see
+    /// [`Identity::differs`] for `by_ctime`). A snapshot held in memory cannot go stale,
+    /// but a change still means new clients should get a new snapshot, so it is reported
+    /// all the same.
+    pub fn check_changed(&self, by_ctime: bool) -> bool {
+        if self.is_changed() {
+            return true;
+        }
+        let now = match self.file.metadata() {
+            Ok(m) => Identity::of(&m),
+            Err(_) => return false,
+        };
+        if self.identity.differs(&now, by_ctime) {
+            self.mark_changed();
+            return true;
+        }
+        false
+    }
+
+    /// Records that the file's bytes were changed under this snapshot (a write was seen).
+    pub fn mark_changed(&self) {
+        self.changed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `path` still names this snapshot's file (not another file renamed over it).
+    pub fn is_at(&self, path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity.inode)
+    }
+}
+
+fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<(), InputError> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_file() {
+        return Ok(());
+    }
+    let kind = if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "device"
+    } else if ft.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    };
+    Err(InputError::NotRegular { path: path.to_path_buf(), kind })
+}
+
+/// A digest, and the bytes when they are kept in memory.
+type Hashed = (Digest, Option<Box<[u8]>>);
+
+/// Hashes `size` bytes of `file` with positional reads. Returns `None` if the file turned
+/// out shorter than `size` (it is being truncated), and the bytes themselves when they are
+/// few enough to keep in memory.
+fn hash_file(file: &File, size: u64, progress: &mut dyn FnMut(u64, u64)) -> io::Result<Option<Hashed>> {
+    let mut hasher = blake3::Hasher::new();
+    if size <= MEMORY_MAX {
+        let mut buf = vec![0u8; size as usize];
+        if !read_exact_at(file, &mut buf, 0)? {
+            return Ok(None);
+        }
+        hasher.update(&buf);
+        return Ok(Some((*hasher.finalize().as_bytes(), Some(buf.into_boxed_slice()))));
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < size {
+        let n = ((size - off) as usize).min(buf.len());
+        if !read_exact_at(file, &mut buf[..n], off)? {
+            return Ok(None);
+        }
+        hasher.update(&buf[..n]);
+        off += n as u64;
+        progress(off, size);
+    }
+    Ok(Some((*hasher.finalize().as_bytes(), None)))
+}
+
+/// `read_exact_at` that reports a short file as `false` instead of an error.
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut off: u64) -> io::Result<bool> {
+    while !buf.is_empty() {
+        match file.read_at(buf, off) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn snapshot_notices_in_place_changes_and_refuses_specials() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        let snap = Snapshot::open(&path).unwrap();
+        assert!(!snap.in_memory());
+        assert!(!snap.check_changed(true));
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"zz", 10).unwrap();
+        assert!(snap.check_changed(false));
+
+        // A write that puts size and mtime back is seen only by the ctime.
+        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        let snap = Snapshot::open(&path).unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"zz", 10).unwrap();
+        f.set_modified(mtime).unwrap();
+        assert!(!snap.check_changed(false), "size and mtime are as they were");
+        assert!(snap.check_changed(true), "the ctime moved");
+
+        // A rename over the path drops the old file's link count and moves its ctime, but
+        // not its bytes: that is no change.
+        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        let snap = Snapshot::open(&path).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(dir.path().join("new"), b"v2").unwrap();
+        std::fs::rename(dir.path().join("new"), &path).unwrap();
+        assert!(!snap.check_changed(true));
+        assert!(!snap.is_at(&path));
+        assert!(matches!(Snapshot::open(dir.path()), Err(InputError::NotRegular { kind: "directory", .. })));
+        assert!(matches!(Snapshot::open(&dir.path().join("missing")), Err(InputError::Open { .. })));
+    }
+}
