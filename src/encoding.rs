@@ -3,13 +3,17 @@
 //! far and answer "need more", a value, or a typed error.
 //!
 //! The parts:
+//! - [`sniff`]: which of the two protocols a connection speaks, from its first bytes;
 //! - [`xfer`]: the native protocol (docs/PROTOCOL.md), a 48-byte request and header;
+//! - [`http`]: HTTP/1.1 request heads and the pieces of response heads;
 //! - [`text`]: text from outside made safe for one terminal line or a shell;
 //! - [`target`]: `host[:port]` as users write it.
 //!
 //! Servers and clients own the sockets and decide what to answer; this module only says
 //! what bytes mean and what bytes to send.
 
+pub mod http;
+pub mod sniff;
 pub mod target;
 pub mod text;
 pub mod xfer;

@@ -97,6 +97,10 @@ struct ServeArgs {
     /// event loops sharing the listening socket (default 1)
     #[argh(option, default = "1", from_str_fn(threads_arg))]
     threads: usize,
+    /// HTTP: seconds shared caches may reuse a response before revalidating it (default
+    /// 10; 0 sends no-cache)
+    #[argh(option, default = "10", from_str_fn(max_age_arg))]
+    max_age: u32,
 }
 
 #[derive(FromArgs)]
@@ -279,6 +283,14 @@ fn threads_arg(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `--max-age`: a year at most, as RFC 9111 advises for freshness.
+fn max_age_arg(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n <= 31_536_000 => Ok(n),
+        _ => Err("expected a whole number of seconds from 0 to 31536000 (a year)".to_string()),
+    }
+}
+
 /// Longest duration accepted, in seconds: about 31 years, far past any real deadline.
 const MAX_SECS: f64 = 1e9;
 
@@ -330,6 +342,7 @@ fn serve(a: ServeArgs) -> i32 {
         send_timeout: a.send_timeout,
         drain_timeout: a.drain_timeout,
         threads: a.threads,
+        max_age: a.max_age,
     };
     match xfer::serve::run(&opts) {
         Ok(xfer::reactor::Exit::Drained) => exit::OK,

@@ -7,8 +7,8 @@
 //!   of its own, [`Refusal`], which each protocol renders;
 //! - [`session`]: a connection's life (read the request, decide the reply, send it,
 //!   linger, log) and the [`Server`] the reactor drives;
-//! - [`xfer`]: the native protocol: a request becomes a reply (a head to render and a
-//!   byte range of the snapshot);
+//! - [`xfer`] and [`http`]: the two protocols, which share the port: a request becomes a
+//!   reply (a head to render and a byte range of the snapshot);
 //! - [`send`]: the one send path that delivers any reply (writev, sendfile, budget, the
 //!   cut of a stale body, the linger after the last byte);
 //! - [`snapshot`]: one version of the file; [`reload`] and [`watch`]: the file over time;
@@ -18,6 +18,7 @@
 //! code never touches a socket, and the send path never parses.
 
 pub mod admit;
+pub mod http;
 pub mod log;
 pub mod reload;
 pub mod send;

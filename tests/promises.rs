@@ -260,7 +260,7 @@ fn quiet_server_logs_no_transfer_lines_but_keeps_its_banner() {
             assert_fetched(&out, &fetch(&server.target(), &out, &["--quiet"]), &data);
         }
         let mut junk = raw::connect(server.addr, None, None).unwrap();
-        junk.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        junk.write_all(&[0x16, 3, 1, 0, 0xa5]).unwrap();
         let closed = raw::read_until_closed(&mut junk, Duration::from_secs(5));
         assert!(closed.closed_at.is_some(), "quiet {quiet}: junk connection not closed");
 

@@ -1,36 +1,39 @@
 //! A connection's life, from accept to close, and the [`Server`] the reactor drives.
 //!
-//! A [`Session`] is a phase and a few cursors: reading the request, sending a reply, or
-//! lingering after the last byte. The request is handed to its protocol, which decides the
-//! reply (a head to render and a byte range of the snapshot); the send path delivers it;
-//! one log line records how it ended.
+//! A [`Session`] is a phase and a few cursors. Its first bytes say which protocol it
+//! speaks (native or HTTP; anything else is closed). The request goes to that protocol,
+//! which decides the reply (a head to render and a byte range of the snapshot); the send
+//! path delivers it; one log line per response records how it ended. An HTTP connection
+//! then waits for its next request; a native one lingers and closes.
 //!
 //! Owns: the phases and their deadlines, and the glue between admission, the served file's
-//! versions, the protocol and the send path. Must never know a wire format's bytes (the
-//! protocol module renders them) nor how replies reach the socket (the send path does).
+//! versions, the protocols and the send path. Must never know a wire format's bytes (the
+//! protocol modules render them) nor how replies reach the socket (the send path does).
 //!
 //! Invariants: a session in `Send` never has more than its reply left to send; every byte
 //! of a reply comes from the snapshot the session started on; a session is counted in the
-//! limits from `open` to `close`, exactly once.
+//! limits from `open` to `close`, exactly once; requests are read only while no reply is
+//! being sent, so pipelined requests wait in the kernel, not in our memory.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::admit::{Admission, Entry, Limits, Policy, Refusal, canonical};
 use super::reload::{SharedVersions, Versions};
 use super::send::{self, AfterLast, Conn, Delivery, HEAD_MAX, LINGER_POLL, Sent};
 use super::snapshot::Snapshot;
 use super::watch::Watch;
-use super::{log, xfer};
+use super::{http, log, xfer};
+use crate::encoding::sniff::{self, Protocol};
 use crate::reactor::{Service, Step, Timer};
 
 /// A client being refused gets at most this long to send its request (whose bytes we read
 /// only so that closing does not reset it).
 const REFUSE_DEADLINE: Duration = Duration::from_secs(2);
 
-/// How a transfer ended, for the log line.
+/// How a response (or a connection without one) ended, for the log line.
 #[derive(Debug)]
 pub enum Outcome {
     /// Still going (the reactor closed it: shutdown deadline).
@@ -41,22 +44,24 @@ pub enum Outcome {
     Refused(Refusal),
     /// Stopped on purpose: the file changed, or the server is exiting.
     Cut(&'static str),
-    /// Not our protocol.
-    NotXfer,
+    /// Neither of our protocols.
+    NotOurs,
     Error(io::Error),
 }
 
 /// What a reply begins with, in its protocol. Rendered on the stack each time it is
 /// (re)sent, from the reply and the snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Head {
     Xfer(xfer::Head),
+    Http(http::Head),
 }
 
 impl Head {
-    fn render(&self, snap: &Snapshot, out: &mut [u8]) -> usize {
+    fn render(&self, snap: &Snapshot, cfg: &http::Config, out: &mut [u8]) -> usize {
         match self {
             Head::Xfer(h) => xfer::render(*h, snap, out),
+            Head::Http(h) => http::render(h, snap, cfg, out),
         }
     }
 
@@ -64,16 +69,30 @@ impl Head {
     fn refusal(&self) -> Option<Refusal> {
         match self {
             Head::Xfer(xfer::Head::Refused(why)) => Some(*why),
-            Head::Xfer(xfer::Head::Ok) => None,
+            Head::Http(http::Head { kind: http::Kind::Refused(why), .. }) => Some(*why),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection ends after this reply.
+    fn closes(&self) -> bool {
+        match self {
+            Head::Xfer(_) => true,
+            Head::Http(h) => h.close,
         }
     }
 }
 
 #[derive(Debug)]
 enum Phase {
-    /// Reading the native request. A refusal decided at accept time (not allowed, busy)
-    /// waits here too: the request is read first so closing never resets the peer.
-    Request { incoming: xfer::Incoming, refuse: Option<Refusal> },
+    /// The first bytes, until they say which protocol. A refusal decided at accept time
+    /// (not allowed, busy) waits here and in the request phases: the request is read
+    /// first so closing never resets the peer, and it is answered in its own protocol.
+    Start { first: [u8; sniff::MAX_METHOD], got: u8, refuse: Option<Refusal> },
+    /// Reading the native request.
+    Xfer { incoming: xfer::Incoming, refuse: Option<Refusal> },
+    /// Waiting for (or reading) an HTTP request head; its bytes are in `Session::http`.
+    Http { refuse: Option<Refusal> },
     /// Sending a reply.
     Send { head: Head, d: Delivery },
     /// Everything is sent and our side is shut down; discarding what the peer still sends
@@ -87,25 +106,39 @@ pub struct Session {
     snap: Arc<Snapshot>,
     phase: Phase,
     pub(super) peer: SocketAddr,
+    /// When the connection (native) or the current response (HTTP) began.
     pub(super) started: Instant,
+    /// When the current request began to arrive (or the wait for it began).
+    request_since: Instant,
     last_progress: Instant,
     pub(super) body_sent: u64,
     /// Counted against the client limits; otherwise counted as a refusal in progress.
     admitted: bool,
     pub(super) outcome: Outcome,
+    /// An HTTP connection's state between requests, and what its response's log line says.
+    http: Option<Box<HttpState>>,
+}
+
+/// What an HTTP connection keeps beside its phase.
+struct HttpState {
+    conn: http::Conn,
+    /// The log line's request part, for the response in progress.
+    log: Option<http::Log>,
 }
 
 impl Session {
     fn new(snap: Arc<Snapshot>, peer: SocketAddr, now: Instant, refuse: Option<Refusal>) -> Session {
         Session {
             snap,
-            phase: Phase::Request { incoming: xfer::Incoming::default(), refuse },
+            phase: Phase::Start { first: [0; sniff::MAX_METHOD], got: 0, refuse },
             peer,
             started: now,
+            request_since: now,
             last_progress: now,
             body_sent: 0,
             admitted: refuse.is_none(),
             outcome: Outcome::Unfinished,
+            http: None,
         }
     }
 
@@ -117,12 +150,25 @@ impl Session {
         self.body_sent
     }
 
+    /// The served file's name, for log lines.
+    pub(super) fn snap_name(&self) -> &[u8] {
+        self.snap.name()
+    }
+
     /// Starts sending a reply: `head`, then `body` of the snapshot.
-    fn reply(&mut self, head: Head, body: std::ops::Range<u64>, now: Instant) {
+    fn reply(&mut self, head: Head, body: std::ops::Range<u64>, cfg: &http::Config, now: Instant) {
         let mut buf = [0u8; HEAD_MAX];
-        let head_len = head.render(&self.snap, &mut buf);
+        let head_len = head.render(&self.snap, cfg, &mut buf);
         self.phase = Phase::Send { head, d: Delivery::new(head_len, body) };
         self.last_progress = now;
+        self.body_sent = 0;
+    }
+
+    /// Whether this is an HTTP connection waiting, with nothing pending, for a next
+    /// request: closing it loses nothing.
+    fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Http { refuse: None })
+            && self.http.as_ref().is_some_and(|h| h.conn.served > 0 && !h.conn.has_pending())
     }
 }
 
@@ -143,6 +189,9 @@ impl Shared {
 pub struct Server {
     versions: Versions,
     admission: Admission,
+    http: http::Config,
+    /// Where requests are read into: one per event loop, never per client.
+    inbox: Box<[u8]>,
     /// Reused by the read+write fallback when sendfile is unavailable; never per client.
     scratch: Vec<u8>,
     /// Why `open` just declined a connection, for the `reject` that follows.
@@ -151,14 +200,17 @@ pub struct Server {
 
 impl Server {
     pub fn new(snapshot: Arc<Snapshot>, policy: Policy) -> Server {
-        Server::with_shared(&Shared::new(snapshot), policy)
+        let http = http::Config { max_age: 10, fallback_host: "localhost".into() };
+        Server::with_shared(&Shared::new(snapshot), policy, http)
     }
 
     /// A server whose snapshot and limits are shared with other event loops.
-    pub fn with_shared(shared: &Shared, policy: Policy) -> Server {
+    pub fn with_shared(shared: &Shared, policy: Policy, http: http::Config) -> Server {
         Server {
             versions: Versions::new(&shared.versions),
             admission: Admission::new(policy, shared.limits.clone()),
+            http,
+            inbox: vec![0; crate::encoding::http::MAX_HEAD + 1].into_boxed_slice(),
             scratch: Vec::new(),
             rejecting: None,
         }
@@ -183,7 +235,44 @@ impl Server {
         let mut budget = budget;
         loop {
             match &mut s.phase {
-                Phase::Request { incoming, refuse } => {
+                Phase::Start { first, got, refuse } => {
+                    let refuse = *refuse;
+                    // Bytes kept from an earlier read that did not decide go first.
+                    let kept = *got as usize;
+                    self.inbox[..kept].copy_from_slice(&first[..kept]);
+                    let n = match conn.read(&mut self.inbox[kept..]) {
+                        Ok(0) => return finish(s, Outcome::ClosedByPeer),
+                        Ok(n) => n,
+                        Err(e) => match io_error(s, e) {
+                            Some(step) => return step,
+                            None => continue,
+                        },
+                    };
+                    let data = &self.inbox[..kept + n];
+                    match sniff::sniff(data) {
+                        None => {
+                            first[..data.len()].copy_from_slice(data);
+                            *got = data.len() as u8;
+                        }
+                        Some(Protocol::Unknown) => return finish(s, Outcome::NotOurs),
+                        Some(Protocol::Xfer) => {
+                            let mut incoming = xfer::Incoming::default();
+                            let take = data.len().min(incoming.spare().len());
+                            incoming.spare()[..take].copy_from_slice(&data[..take]);
+                            incoming.filled(take);
+                            s.phase = Phase::Xfer { incoming, refuse };
+                            if let Some(step) = self.on_xfer_bytes(s, now) {
+                                return step;
+                            }
+                        }
+                        Some(Protocol::Http) => {
+                            s.http = Some(Box::new(HttpState { conn: http::Conn::new(), log: None }));
+                            s.phase = Phase::Http { refuse };
+                            self.on_http_bytes(s, Some(kept + n), now);
+                        }
+                    }
+                }
+                Phase::Xfer { incoming, .. } => {
                     let n = match conn.read(incoming.spare()) {
                         Ok(0) => return finish(s, Outcome::ClosedByPeer),
                         Ok(n) => n,
@@ -193,37 +282,69 @@ impl Server {
                         },
                     };
                     incoming.filled(n);
-                    let refuse = *refuse;
-                    let (head, body) = match incoming.parse() {
-                        xfer::Parsed::NeedMore => continue,
-                        xfer::Parsed::NotOurs => return finish(s, Outcome::NotXfer),
-                        xfer::Parsed::Malformed(why) => (xfer::Head::Refused(why), 0..0),
-                        xfer::Parsed::Request(req) => xfer::decide(&req, refuse, &s.snap, &self.admission),
+                    if let Some(step) = self.on_xfer_bytes(s, now) {
+                        return step;
+                    }
+                }
+                Phase::Http { .. } => {
+                    let pending = s.http.as_ref().is_some_and(|h| h.conn.has_pending());
+                    // Pipelined requests already here are answered before reading more.
+                    if pending && self.on_http_bytes(s, Some(0), now) {
+                        continue;
+                    }
+                    let room = s.http.as_ref().map_or(0, |h| h.conn.room());
+                    let n = match conn.read(&mut self.inbox[..room]) {
+                        Ok(0) => return self.http_eof(s),
+                        Ok(n) => n,
+                        Err(e) => match io_error(s, e) {
+                            Some(step) => return self.http_stop(s, step),
+                            None => continue,
+                        },
                     };
-                    s.reply(Head::Xfer(head), body, now);
+                    if !pending {
+                        s.request_since = now;
+                    }
+                    self.on_http_bytes(s, Some(n), now);
                 }
                 Phase::Send { head, d } => {
-                    let (head, before) = (*head, d.pos);
-                    let snap = &s.snap;
-                    let r = send::send(conn, d, &|out| head.render(snap, out), snap, &mut budget, &mut self.scratch);
+                    let before = d.pos;
+                    let (snap, cfg) = (&s.snap, &self.http);
+                    let head_ref = &*head;
+                    let r = send::send(
+                        conn,
+                        d,
+                        &|out| head_ref.render(snap, cfg, out),
+                        snap,
+                        &mut budget,
+                        &mut self.scratch,
+                    );
                     s.body_sent = d.body_sent();
                     if d.pos != before {
                         s.last_progress = now;
                     }
-                    return match r {
+                    match r {
                         Sent::Done => {
                             s.outcome = match head.refusal() {
                                 Some(why) => Outcome::Refused(why),
                                 None => Outcome::Complete,
                             };
-                            self.after_last_byte(s, conn, now)
+                            if head.closes() {
+                                return self.after_last_byte(s, conn, now);
+                            }
+                            // A kept-alive HTTP connection: log this response, wait for the next.
+                            self.log_response(s);
+                            s.phase = Phase::Http { refuse: None };
+                            s.outcome = Outcome::Unfinished;
+                            s.started = now;
+                            s.request_since = now;
+                            s.body_sent = 0;
                         }
-                        Sent::Blocked => Step::Blocked,
-                        Sent::Yield => Step::Yield,
-                        Sent::Cut(why) => finish(s, Outcome::Cut(why)),
-                        Sent::Closed => finish(s, Outcome::ClosedByPeer),
-                        Sent::Failed(e) => finish(s, Outcome::Error(e)),
-                    };
+                        Sent::Blocked => return Step::Blocked,
+                        Sent::Yield => return Step::Yield,
+                        Sent::Cut(why) => return finish(s, Outcome::Cut(why)),
+                        Sent::Closed => return finish(s, Outcome::ClosedByPeer),
+                        Sent::Failed(e) => return finish(s, Outcome::Error(e)),
+                    }
                 }
                 Phase::Linger { discarded, .. } => {
                     return if send::linger(conn, discarded) { Step::Done } else { Step::Blocked };
@@ -232,8 +353,68 @@ impl Server {
         }
     }
 
+    /// The native request may be whole: decide and start the reply. `Some(step)`: the
+    /// session is done (not our protocol after all).
+    fn on_xfer_bytes(&mut self, s: &mut Session, now: Instant) -> Option<Step> {
+        let Phase::Xfer { incoming, refuse } = &s.phase else { return None };
+        let refuse = *refuse;
+        let (head, body) = match incoming.parse() {
+            xfer::Parsed::NeedMore => return None,
+            xfer::Parsed::NotOurs => return Some(finish(s, Outcome::NotOurs)),
+            xfer::Parsed::Malformed(why) => (xfer::Head::Refused(why), 0..0),
+            xfer::Parsed::Request(req) => xfer::decide(&req, refuse, &s.snap, &self.admission),
+        };
+        s.reply(Head::Xfer(head), body, &self.http, now);
+        None
+    }
+
+    /// Feeds HTTP bytes (the first `fresh` bytes of the inbox; `Some(0)`: just look at what
+    /// is pending) and starts the reply when a request is whole. True if one started.
+    fn on_http_bytes(&mut self, s: &mut Session, fresh: Option<usize>, now: Instant) -> bool {
+        let Phase::Http { refuse } = s.phase else { return false };
+        s.snap.want_sha256();
+        let Some(state) = s.http.as_mut() else { return false };
+        let ctx = http::Ctx { snap: &s.snap, admission: &self.admission, refuse, now: SystemTime::now() };
+        let fresh = &self.inbox[..fresh.unwrap_or(0)];
+        match state.conn.feed(fresh, &ctx) {
+            http::Fed::NeedMore => false,
+            http::Fed::Reply(reply) => {
+                state.log = Some(reply.log);
+                s.started = now;
+                s.reply(Head::Http(reply.head), reply.body, &self.http, now);
+                true
+            }
+        }
+    }
+
+    /// The peer closed an HTTP connection while we waited for a request.
+    fn http_eof(&mut self, s: &mut Session) -> Step {
+        let quiet = s.http.as_ref().is_some_and(|h| h.conn.served > 0 && !h.conn.has_pending());
+        s.outcome = if quiet { Outcome::Complete } else { Outcome::ClosedByPeer };
+        Step::Done
+    }
+
+    /// An HTTP connection's read failed between requests: an idle one goes quietly.
+    fn http_stop(&mut self, s: &mut Session, step: Step) -> Step {
+        if step == Step::Done && s.is_idle() {
+            s.outcome = Outcome::Complete;
+        }
+        step
+    }
+
+    /// Logs an HTTP response that ended (well or not).
+    fn log_response(&self, s: &mut Session) {
+        let log = s.http.as_mut().and_then(|h| h.log.take());
+        if let (Some(log), Phase::Send { head: Head::Http(head), .. }) = (log, &s.phase)
+            && !self.admission.policy.quiet
+        {
+            log::http_response(s, &log, head);
+        }
+    }
+
     /// The last byte is out: close, or linger until the peer has it all.
     fn after_last_byte<C: Conn>(&mut self, s: &mut Session, conn: &mut C, now: Instant) -> Step {
+        self.log_response(s);
         match send::after_last_byte(conn, self.admission.policy.send_timeout, now) {
             AfterLast::Close => Step::Done,
             AfterLast::Linger { until, discarded } => {
@@ -250,8 +431,8 @@ fn finish(s: &mut Session, outcome: Outcome) -> Step {
     Step::Done
 }
 
-/// What a failed read of the request means for the session: wait for readiness, end it,
-/// or (`None`, interrupted) try again now.
+/// What a failed read of a request means for the session: wait for readiness, end it, or
+/// (`None`, interrupted) try again now.
 fn io_error(s: &mut Session, e: io::Error) -> Option<Step> {
     match send::classify(e) {
         send::Io::Again => Some(Step::Blocked),
@@ -282,20 +463,30 @@ impl Service for Server {
     fn reject(&mut self, stream: &mut mio::net::TcpStream, peer: SocketAddr, _now: Instant) {
         // Without a reason from `open`, the reactor is out of room for sessions.
         let why = self.rejecting.take().unwrap_or(Refusal::Busy);
+        // Read what the client already sent: it says which protocol to answer in, and a
+        // close with unread input would be a reset that can destroy the answer.
+        let mut got = 0;
+        for _ in 0..4 {
+            match Read::read(stream, &mut self.inbox[got..]) {
+                Ok(n) if n > 0 => got += n,
+                _ => break,
+            }
+        }
+        let snap = self.versions.current().clone();
         let mut head = [0u8; HEAD_MAX];
-        let n = xfer::render(xfer::Head::Refused(why), self.versions.current(), &mut head);
+        let n = match sniff::sniff(&self.inbox[..got]) {
+            Some(Protocol::Http) => {
+                let reply = http::refusal(why, SystemTime::now());
+                http::render(&reply, &snap, &self.http, &mut head)
+            }
+            Some(Protocol::Unknown) => 0,
+            // Nothing yet (or the native magic): answer natively, as before HTTP was spoken.
+            _ => xfer::render(xfer::Head::Refused(why), &snap, &mut head),
+        };
         // A fresh socket's send buffer takes these few bytes whole; if not, the client
         // sees the connection close, which is all we can afford under a flood.
         let _ = Write::write(stream, &head[..n]);
         let _ = stream.shutdown(std::net::Shutdown::Write);
-        // Read what the client already sent, so the close that follows is a plain FIN and
-        // not a reset, which could destroy the refusal in the client's buffers.
-        let mut sink = [0u8; 512];
-        for _ in 0..4 {
-            if !matches!(Read::read(stream, &mut sink), Ok(n) if n > 0) {
-                break;
-            }
-        }
         if !self.admission.policy.quiet {
             log::refused(canonical(peer), why);
         }
@@ -307,9 +498,19 @@ impl Service for Server {
 
     fn timer(&mut self, s: &mut Session, stream: &mio::net::TcpStream, now: Instant) -> Timer {
         let policy = &self.admission.policy;
+        let request = |refuse: Option<Refusal>| match refuse {
+            Some(_) => policy.request_timeout.min(REFUSE_DEADLINE),
+            None => policy.request_timeout,
+        };
         let deadline = match &s.phase {
-            Phase::Request { refuse: Some(_), .. } => s.started + policy.request_timeout.min(REFUSE_DEADLINE),
-            Phase::Request { .. } => s.started + policy.request_timeout,
+            Phase::Start { refuse, .. } | Phase::Xfer { refuse, .. } => s.started + request(*refuse),
+            Phase::Http { refuse } => {
+                if s.is_idle() {
+                    s.request_since + http::KEEPALIVE_IDLE
+                } else {
+                    s.request_since + request(*refuse)
+                }
+            }
             Phase::Send { d, .. } if d.body_end > d.body_start && s.snap.is_stale() => {
                 s.outcome = Outcome::Cut("file changed");
                 return Timer::Expired;
@@ -332,7 +533,8 @@ impl Service for Server {
         if now < deadline {
             return Timer::At(deadline);
         }
-        s.outcome = Outcome::TimedOut;
+        // An idle kept-alive connection that times out ends quietly.
+        s.outcome = if s.is_idle() { Outcome::Complete } else { Outcome::TimedOut };
         Timer::Expired
     }
 
@@ -341,10 +543,18 @@ impl Service for Server {
         self.versions.tick(now, sessions, idle)
     }
 
-    fn close(&mut self, s: Session, _now: Instant) {
+    fn close(&mut self, mut s: Session, _now: Instant) {
         self.admission.leave(s.peer.ip(), s.admitted);
-        if !self.admission.policy.quiet {
-            log::finished(&s);
+        if self.admission.policy.quiet {
+            return;
+        }
+        match (&s.phase, s.http.is_some()) {
+            // A response cut short (or one whose linger ended): its line.
+            (Phase::Send { .. }, true) => self.log_response(&mut s),
+            // After a logged response, or idle between requests: nothing more to say.
+            (Phase::Linger { .. }, true) => {}
+            (Phase::Http { .. }, true) if matches!(s.outcome, Outcome::Complete) => {}
+            _ => log::finished(&s),
         }
     }
 
@@ -369,9 +579,8 @@ impl Service for Server {
         self.admission.set_paused(paused);
     }
 
-    fn is_idle(&self, _s: &Session) -> bool {
-        // A native connection carries one transfer: it is never waiting for another.
-        false
+    fn is_idle(&self, s: &Session) -> bool {
+        s.is_idle()
     }
 
     fn in_flight(&self) -> usize {
@@ -593,9 +802,25 @@ mod tests {
             Ok(Decoded::Done(wire::Response::Refused { status: Status::UnsupportedVersion, .. }, _))
         ));
 
-        let (got, s) = serve_through(b"data", 64, 1 << 20, policy(), b"GET / HTTP/1.1\r\n\r\n");
-        assert!(matches!(s.outcome, Outcome::NotXfer));
+        // A TLS opener is neither protocol: closed unanswered.
+        let (got, s) = serve_through(b"data", 64, 1 << 20, policy(), &[0x16, 3, 1, 0, 5]);
+        assert!(matches!(s.outcome, Outcome::NotOurs));
         assert!(got.is_empty());
+    }
+
+    #[test]
+    fn http_requests_dribbled_byte_by_byte_get_their_replies() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let req = b"GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=10-19\r\nConnection: close\r\n\r\n";
+        let (got, s) = serve_through(&data, 4096, 1 << 20, policy(), req);
+        assert!(matches!(s.outcome, Outcome::Complete), "{:?}", s.outcome);
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 206 Partial Content\r\n"), "{text}");
+        assert!(text.contains("\r\nContent-Range: bytes 10-19/300000\r\n"), "{text}");
+        assert!(got.ends_with(&data[10..20]));
+        // No Host on HTTP/1.1: 400, and the connection ends.
+        let (got, _) = serve_through(&data, 4096, 1 << 20, policy(), b"GET / HTTP/1.1\r\n\r\n");
+        assert!(got.starts_with(b"HTTP/1.1 400 Bad Request\r\n"), "{}", String::from_utf8_lossy(&got));
     }
 
     #[test]

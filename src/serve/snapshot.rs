@@ -15,6 +15,8 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
@@ -82,6 +84,11 @@ pub struct Snapshot {
     /// Set once the file is seen to differ from this snapshot on disk. Clients being served
     /// from the descriptor are then cut rather than handed mixed bytes.
     changed: AtomicBool,
+    /// SHA-256 of the same bytes, for the tools that expect it (HTTP digest headers,
+    /// `.sha256` files); computed off the event loop after the snapshot is first served
+    /// (see [`Snapshot::start_sha256`]).
+    sha256: OnceLock<Digest>,
+    sha256_started: AtomicBool,
 }
 
 impl Snapshot {
@@ -119,6 +126,8 @@ impl Snapshot {
                 memory,
                 identity,
                 changed: AtomicBool::new(false),
+                sha256: OnceLock::new(),
+                sha256_started: AtomicBool::new(false),
             });
         }
         Err(InputError::Unstable { path: path.to_path_buf() })
@@ -134,6 +143,68 @@ impl Snapshot {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's base name, as bytes (it need not be UTF-8).
+    pub fn name(&self) -> &[u8] {
+        use std::os::unix::ffi::OsStrExt;
+        self.path.file_name().map_or(b"file", |n| n.as_bytes())
+    }
+
+    /// When the file was last modified, as of this snapshot.
+    pub fn modified(&self) -> SystemTime {
+        let (secs, nanos) = self.identity.mtime;
+        let since = Duration::new(secs.unsigned_abs(), nanos as u32);
+        if secs >= 0 { UNIX_EPOCH + since } else { UNIX_EPOCH - since }
+    }
+
+    /// The SHA-256 of the snapshot's bytes, once it is known.
+    pub fn sha256(&self) -> Option<&Digest> {
+        self.sha256.get()
+    }
+
+    /// Starts computing the SHA-256 on a helper thread, once: when the snapshot is first
+    /// served over HTTP (native clients never need it, so they never pay for it). Serving
+    /// goes on meanwhile; HTTP replies carry the SHA-256 once it is known. The helper holds
+    /// the snapshot only while it reads a chunk: one replaced and forgotten stops it. A
+    /// result is kept only if the file did not change while it was read, so it always
+    /// describes the bytes the BLAKE3 digest does.
+    pub fn want_sha256(self: &Arc<Self>) {
+        if self.sha256_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("sha256".into()).spawn(move || {
+            use sha2::Digest as _;
+            let mut h = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            loop {
+                let Some(snap) = weak.upgrade() else { return };
+                if let Some(mem) = snap.memory() {
+                    h.update(mem);
+                    break;
+                }
+                if off >= snap.size {
+                    break;
+                }
+                let n = ((snap.size - off) as usize).min(buf.len());
+                if !matches!(read_exact_at(&snap.file, &mut buf[..n], off), Ok(true)) {
+                    return;
+                }
+                h.update(&buf[..n]);
+                off += n as u64;
+            }
+            let Some(snap) = weak.upgrade() else { return };
+            if snap.in_memory() || snap.looks_unchanged() {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&h.finalize());
+                let _ = snap.sha256.set(d);
+            }
+        });
+        if let Err(e) = spawned {
+            crate::say!("xfer: cannot start computing SHA-256 ({e}); HTTP replies go without it");
+        }
     }
 
     /// Whether the bytes are held in memory (small files) rather than sent from the descriptor.
@@ -179,6 +250,12 @@ impl Snapshot {
             return true;
         }
         false
+    }
+
+    /// Whether nothing (not even the ctime) says the file changed since it was hashed;
+    /// unlike [`Snapshot::check_changed`], it marks nothing.
+    fn looks_unchanged(&self) -> bool {
+        !self.is_changed() && self.file.metadata().is_ok_and(|m| !self.identity.differs(&Identity::of(&m), true))
     }
 
     /// Records that the file's bytes were changed under this snapshot (a write was seen).
@@ -261,7 +338,6 @@ fn read_exact_at(file: &File, mut buf: &mut [u8], mut off: u64) -> io::Result<bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn snapshot_notices_in_place_changes_and_refuses_specials() {

@@ -36,6 +36,8 @@ pub struct Options {
     pub send_timeout: Duration,
     pub drain_timeout: Duration,
     pub threads: usize,
+    /// HTTP `Cache-Control: max-age` in seconds; 0 sends `no-cache`.
+    pub max_age: u32,
 }
 
 /// Why `serve` could not start or had to stop.
@@ -112,6 +114,10 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
         quiet: opts.quiet,
     };
     let shared = Shared::new(snapshot.clone());
+    let http = crate::serve::http::Config {
+        max_age: opts.max_age,
+        fallback_host: format!("{}:{}", host_of(addr), addr.port()),
+    };
     let cfg = crate::reactor::Config {
         max_sessions: max_clients.saturating_add(slack),
         budget: BUDGET,
@@ -126,7 +132,7 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
     };
     // The first loop owns the signals, the prompt and the watch, and tells the others
     // what to do.
-    let mut server = Server::with_shared(&shared, policy.clone());
+    let mut server = Server::with_shared(&shared, policy.clone(), http.clone());
     if let Some(w) = watch {
         server.watch(w);
     }
@@ -135,7 +141,7 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
     let mut followers = Vec::new();
     let mut handles = Vec::new();
     for _ in 1..opts.threads.max(1) {
-        let server = Server::with_shared(&shared, policy.clone());
+        let server = Server::with_shared(&shared, policy.clone(), http.clone());
         let mut follower = crate::reactor::Reactor::new(
             clone(&listener)?,
             server,
@@ -199,22 +205,30 @@ fn hash_announced(file: &Path) -> Result<Snapshot, InputError> {
     r
 }
 
-/// The lines printed on stdout at start: the address, the file, and a command that
-/// fetches it, quoted so that it can be pasted into a shell as it is.
-fn banner(opts: &Options, addr: SocketAddr, snap: &Snapshot) -> String {
-    use crate::encoding::text::shell_quote;
-    let host = match addr {
+/// How others reach this address: the host name for a wildcard address, else the
+/// address itself (IPv6 in brackets, with its zone).
+fn host_of(addr: SocketAddr) -> String {
+    match addr {
         a if a.ip().is_unspecified() => hostname(),
         SocketAddr::V6(v6) if v6.scope_id() != 0 => format!("[{}%{}]", v6.ip(), v6.scope_id()),
         SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
         a => a.ip().to_string(),
-    };
+    }
+}
+
+/// The lines printed on stdout at start: the address, the file, a command that fetches
+/// it (quoted so that it can be pasted into a shell as it is), and its HTTP address.
+fn banner(opts: &Options, addr: SocketAddr, snap: &Snapshot) -> String {
+    use crate::encoding::text::shell_quote;
+    let host = host_of(addr);
     let name = opts.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "copy".into());
     let target = shell_quote(&format!("{host}:{}", addr.port())).into_owned();
     let out = shell_quote(&format!("output_file/{name}")).into_owned();
     let token = if opts.token.is_some() { " --token \"$XFER_TOKEN\"" } else { "" };
+    let url = format!("http://{host}:{}/{}", addr.port(), crate::encoding::http::url_segment(snap.name()));
     format!(
-        "listening on {addr}\nserving {}: {} bytes, blake3 {}\nfetch it with: xfer fetch {target} {out}{token}\n",
+        "listening on {addr}\nserving {}: {} bytes, blake3 {}\nfetch it with: xfer fetch {target} {out}{token}\n\
+         or over HTTP (curl, wget, a browser): {url}\n",
         shown(&opts.file),
         snap.size(),
         blake3::Hash::from_bytes(*snap.digest()).to_hex(),

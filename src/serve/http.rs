@@ -1,0 +1,622 @@
+//! HTTP/1.1 on the server side: the request heads of one connection collected as they
+//! arrive, each request turned into a reply, and the reply's head rendered.
+//!
+//! Resources (nothing ever reaches the file system; the one snapshot is all there is):
+//! - `/NAME` (percent-encoded): the file, with ranges and conditional requests;
+//! - `/`: a small landing page (name, size, digests, a link, commands to copy);
+//! - `/NAME.b3`, `/NAME.sha256`: checksum files that `b3sum -c` / `sha256sum -c` read;
+//! - anything else: 404, naming the right URL.
+//!
+//! Owns: the connection's unparsed bytes (only while a request is incomplete or pipelined
+//! ones wait), how requests map to replies, and every byte of an HTTP head. Must never
+//! touch a socket: the session reads for it, the send path delivers what it decides.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::ops::Range;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::admit::{Admission, Refusal};
+use super::snapshot::Snapshot;
+use crate::encoding::Decoded;
+use crate::encoding::http::{self as wire, Method, Out, Ranged, Version};
+use crate::encoding::text::printable;
+
+/// Requests answered on one connection before it is closed (nginx's keepalive_requests).
+pub const MAX_REQUESTS: u32 = 1000;
+/// How long a kept-alive connection may wait for its next request.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+
+/// What every reply of one server shares.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `Cache-Control: public, max-age=N`; 0 sends `no-cache`.
+    pub max_age: u32,
+    /// `host:port` for the landing page's commands when the request names no usable host.
+    pub fallback_host: String,
+}
+
+/// Which resource or answer a reply is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The file (200, 206, or a HEAD of either).
+    File,
+    NotModified,
+    Unsatisfiable,
+    Landing,
+    B3Sum,
+    Sha256Sum,
+    /// `/NAME.sha256` asked before the SHA-256 is known.
+    ShaPending,
+    NotFound,
+    MethodNotAllowed,
+    Refused(Refusal),
+    Bad(wire::Error),
+}
+
+/// What an HTTP reply begins with: everything needed to render its head (and the small
+/// generated body some replies have) the same way every time it is (re)sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub status: u16,
+    pub kind: Kind,
+    /// A HEAD request: the same head, no body.
+    pub head_only: bool,
+    /// For 206: the file's bytes sent (end exclusive).
+    pub part: Option<(u64, u64)>,
+    /// `Connection: close`: the connection ends after this reply.
+    pub close: bool,
+    /// An HTTP/1.0 client that asked to keep the connection: say so explicitly.
+    pub keep_alive_10: bool,
+    /// The `Date`, fixed when the reply was decided.
+    pub date: u64,
+    /// Whether the SHA-256 was known when the reply was decided (so a head re-rendered
+    /// later does not change length).
+    pub sha: bool,
+    /// The landing page's host for its commands, from the request's `Host`.
+    pub host: Option<Box<str>>,
+}
+
+/// A decided reply: its head, the byte range of the file after it, and what the log line
+/// says.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub head: Head,
+    pub body: Range<u64>,
+    pub log: Log,
+}
+
+/// What the log line of one response says about its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    pub method: LogMethod,
+    pub path: LogPath,
+}
+
+/// The method as sent (httparse allows only token characters in it), or `-` when the
+/// request could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogMethod {
+    name: [u8; 16],
+    len: u8,
+}
+
+impl LogMethod {
+    fn new(name: &str) -> LogMethod {
+        let mut m = LogMethod { name: [0; 16], len: 0 };
+        let n = name.len().min(16);
+        m.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        m.len = n as u8;
+        m
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.name[..self.len as usize]).unwrap_or("-")
+    }
+}
+
+/// The path as logged: a known resource by name, or what was asked (escaped, cut short,
+/// never with its query string, which may carry secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogPath {
+    Resource(Kind),
+    Asked(Box<str>),
+    Unreadable,
+}
+
+/// One connection's HTTP state between requests. Boxed in the session: only HTTP
+/// connections pay for it, and its buffer exists only while bytes wait to be parsed.
+#[derive(Debug)]
+pub struct Conn {
+    pending: Vec<u8>,
+    /// Requests answered so far.
+    pub served: u32,
+}
+
+/// What the bytes so far amount to.
+#[derive(Debug)]
+pub enum Fed {
+    /// A request is not whole yet.
+    NeedMore,
+    Reply(Reply),
+}
+
+/// Everything a reply is decided from, besides the request.
+pub struct Ctx<'a> {
+    pub snap: &'a Snapshot,
+    pub admission: &'a Admission,
+    /// A verdict reached when the connection was accepted (busy, not allowed, paused).
+    pub refuse: Option<Refusal>,
+    pub now: SystemTime,
+}
+
+impl LogPath {
+    /// The path as the log shows it, given the served file's name.
+    pub fn shown(&self, name: &[u8]) -> String {
+        // As a URL writes it, so a name with spaces cannot split the log line.
+        let name = wire::url_segment(name);
+        match self {
+            LogPath::Resource(Kind::Landing) => "/".into(),
+            LogPath::Resource(Kind::B3Sum) => format!("/{name}.b3"),
+            LogPath::Resource(Kind::Sha256Sum) => format!("/{name}.sha256"),
+            LogPath::Resource(_) => format!("/{name}"),
+            LogPath::Asked(p) => p.to_string(),
+            LogPath::Unreadable => "-".into(),
+        }
+    }
+}
+
+impl Conn {
+    pub fn new() -> Conn {
+        Conn { pending: Vec::new(), served: 0 }
+    }
+
+    /// Whether bytes of a next request are waiting (or arriving).
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// How many more bytes may be read now: a request head is at most `MAX_HEAD` bytes,
+    /// and one byte past that is enough to know it is too long.
+    pub fn room(&self) -> usize {
+        (wire::MAX_HEAD + 1).saturating_sub(self.pending.len())
+    }
+
+    /// Takes newly read bytes (`fresh` may be empty, to look at what is pending) and, when
+    /// a request is whole, decides its reply. Bytes past it stay pending for the next.
+    pub fn feed(&mut self, fresh: &[u8], ctx: &Ctx<'_>) -> Fed {
+        if self.pending.is_empty() {
+            // The usual case: the whole request came in one read; parse it where it lies.
+            let (fed, used) = decide_from(fresh, ctx, self.served);
+            if let Some(used) = used {
+                self.pending.extend_from_slice(&fresh[used..]);
+            } else {
+                self.pending.extend_from_slice(fresh);
+            }
+            self.finish(fed)
+        } else {
+            self.pending.extend_from_slice(fresh);
+            let (fed, used) = decide_from(&self.pending, ctx, self.served);
+            if let Some(used) = used {
+                self.pending.drain(..used);
+                if self.pending.is_empty() {
+                    // Give the memory back: an idle connection should cost nothing.
+                    self.pending = Vec::new();
+                }
+            }
+            self.finish(fed)
+        }
+    }
+
+    fn finish(&mut self, fed: Fed) -> Fed {
+        if matches!(fed, Fed::Reply(_)) {
+            self.served += 1;
+        }
+        fed
+    }
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Conn::new()
+    }
+}
+
+/// Decides from `buf`: the outcome, and how many bytes the request used (`None`: none yet;
+/// after an error that ends the connection, all of them).
+fn decide_from(buf: &[u8], ctx: &Ctx<'_>, served: u32) -> (Fed, Option<usize>) {
+    match wire::parse(buf) {
+        Ok(Decoded::NeedMore(_)) => (Fed::NeedMore, None),
+        Ok(Decoded::Done(req, used)) => (Fed::Reply(decide(&req, ctx, served)), Some(used)),
+        Err(e) => {
+            let log = Log { method: LogMethod::new("-"), path: LogPath::Unreadable };
+            let head = error_head(e.status(), Kind::Bad(e), false, ctx.now);
+            (Fed::Reply(Reply { head, body: 0..0, log }), Some(buf.len()))
+        }
+    }
+}
+
+fn seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The head of a refusal decided before the request was read (busy, not allowed), for a
+/// connection answered at once.
+pub fn refusal(why: Refusal, now: SystemTime) -> Head {
+    error_head(refusal_status(why), Kind::Refused(why), false, now)
+}
+
+fn refusal_status(why: Refusal) -> u16 {
+    match why {
+        Refusal::Forbidden => 403,
+        Refusal::BadToken => 401,
+        _ => 503,
+    }
+}
+
+/// A reply that ends the connection and has only a generated body.
+fn error_head(status: u16, kind: Kind, head_only: bool, now: SystemTime) -> Head {
+    Head {
+        status,
+        kind,
+        head_only,
+        part: None,
+        close: true,
+        keep_alive_10: false,
+        date: seconds(now),
+        sha: false,
+        host: None,
+    }
+}
+
+/// The strong ETag of a snapshot: its BLAKE3 digest, so every server holding the same
+/// bytes gives the same tag, and no two versions ever share one.
+fn etag(snap: &Snapshot) -> String {
+    format!("\"{}\"", blake3::Hash::from_bytes(*snap.digest()).to_hex())
+}
+
+/// Turns one request into a reply.
+pub fn decide(req: &wire::Request<'_>, ctx: &Ctx<'_>, served: u32) -> Reply {
+    let snap = ctx.snap;
+    let method = LogMethod::new(req.method_name);
+    let resource = resource(req.target, snap.name());
+    let path = match resource {
+        Some(k) => LogPath::Resource(k),
+        None => LogPath::Asked(logged_path(req.target)),
+    };
+    let log = Log { method, path };
+    let head_only = req.method == Method::Head;
+    let close = !req.keep_alive || served + 1 >= MAX_REQUESTS;
+    let mut head = Head {
+        status: 200,
+        kind: Kind::NotFound,
+        head_only,
+        part: None,
+        close,
+        keep_alive_10: req.version == Version::Http10 && !close,
+        date: seconds(ctx.now),
+        sha: snap.sha256().is_some(),
+        host: None,
+    };
+    let refusal = ctx.refuse.or_else(|| {
+        let presented = bearer(req.authorization).map(|t| *blake3::hash(t.as_bytes()).as_bytes());
+        ctx.admission.check_token(presented.as_ref()).err()
+    });
+    if let Some(why) = refusal {
+        // A refusal ends the connection, as the native protocol's does.
+        let head = error_head(refusal_status(why), Kind::Refused(why), head_only, ctx.now);
+        return Reply { head, body: 0..0, log };
+    }
+    if req.method == Method::Other {
+        let head = error_head(405, Kind::MethodNotAllowed, false, ctx.now);
+        return Reply { head, body: 0..0, log };
+    }
+    head.kind = resource.unwrap_or(Kind::NotFound);
+    let body = match head.kind {
+        Kind::File => file_reply(req, snap, &mut head),
+        Kind::Landing => {
+            head.host = usable_host(req.host).map(Into::into);
+            0..0
+        }
+        Kind::Sha256Sum if !head.sha => {
+            head.kind = Kind::ShaPending;
+            head.status = 503;
+            0..0
+        }
+        Kind::NotFound => {
+            head.status = 404;
+            0..0
+        }
+        _ => 0..0,
+    };
+    let body = if head_only { body.start..body.start } else { body };
+    Reply { head, body, log }
+}
+
+/// The file: 200, 206, 304 or 416, from the conditionals and the range.
+fn file_reply(req: &wire::Request<'_>, snap: &Snapshot, head: &mut Head) -> Range<u64> {
+    let tag = etag(snap);
+    let modified = snap.modified();
+    // If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2).
+    let not_modified = match (req.if_none_match, req.if_modified_since) {
+        (Some(list), _) => wire::etag_matches(list, &tag, true),
+        (None, Some(since)) => wire::parse_date(since).is_some_and(|since| seconds(modified) <= seconds(since)),
+        (None, None) => false,
+    };
+    if not_modified {
+        head.kind = Kind::NotModified;
+        head.status = 304;
+        return 0..0;
+    }
+    let size = snap.size();
+    // If-Range: the range only if the client's copy is this version.
+    let range_valid = match req.if_range {
+        None => true,
+        Some(v) if v.starts_with('"') || v.starts_with("W/") => wire::etag_matches(v, &tag, false),
+        Some(v) => wire::parse_date(v).is_some_and(|d| seconds(d) == seconds(modified)),
+    };
+    let ranged = match req.range {
+        Some(r) if range_valid => wire::parse_range(r, size),
+        _ => Ranged::Full,
+    };
+    match ranged {
+        Ranged::Full => 0..size,
+        Ranged::Part(a, b) => {
+            head.status = 206;
+            head.part = Some((a, b));
+            a..b
+        }
+        Ranged::Unsatisfiable => {
+            head.kind = Kind::Unsatisfiable;
+            head.status = 416;
+            0..0
+        }
+    }
+}
+
+/// Which resource a request target names, if any.
+fn resource(target: &str, name: &[u8]) -> Option<Kind> {
+    let path = wire::path_bytes(target)?;
+    let path: &[u8] = &path;
+    if path == b"/" {
+        return Some(Kind::Landing);
+    }
+    let rest = path.strip_prefix(b"/")?;
+    if rest == name {
+        Some(Kind::File)
+    } else if rest.strip_suffix(b".b3") == Some(name) {
+        Some(Kind::B3Sum)
+    } else if rest.strip_suffix(b".sha256") == Some(name) {
+        Some(Kind::Sha256Sum)
+    } else {
+        None
+    }
+}
+
+/// A request target for the log: the path only (a query may hold secrets), printable, at
+/// most 200 characters.
+fn logged_path(target: &str) -> Box<str> {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let mut p: String = printable(path).chars().take(200).collect();
+    if p.is_empty() {
+        p.push('-');
+    }
+    p.into_boxed_str()
+}
+
+/// The token of `Authorization: Bearer TOKEN`.
+fn bearer(value: Option<&str>) -> Option<&str> {
+    let v = value?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A `Host` value fit to put in a command line and a page: a name or address and port.
+fn usable_host(host: Option<&str>) -> Option<&str> {
+    let h = host?;
+    let ok = !h.is_empty()
+        && h.len() <= 261
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:[]%".contains(&b))
+        && !h.starts_with(['-', '.']);
+    ok.then_some(h)
+}
+
+/// Renders the head (and any generated body) into `out`; returns the length. The same
+/// head, snapshot and config always give the same bytes.
+pub fn render(head: &Head, snap: &Snapshot, cfg: &Config, out: &mut [u8]) -> usize {
+    let mut body_buf = [0u8; 6144];
+    let mut body = Out::new(&mut body_buf);
+    let body_len = match write_body(&mut body, head, snap, cfg) {
+        Ok(()) => body.len(),
+        Err(_) => {
+            // Only a page for a pathological file name can overflow: say less.
+            let mut short = Out::new(&mut body_buf);
+            let _ = writeln!(short, "{} bytes", snap.size());
+            short.len()
+        }
+    };
+    let mut o = Out::new(out);
+    if write_head(&mut o, head, snap, cfg, body_len as u64).is_err() {
+        // Cannot happen for any input (the head is bounded); never send half a head.
+        debug_assert!(false, "an HTTP head overflowed its buffer");
+        return 0;
+    }
+    if !head.head_only && o.bytes(&body_buf[..body_len]).is_err() {
+        debug_assert!(false, "an HTTP reply overflowed its buffer");
+        return 0;
+    }
+    o.len()
+}
+
+fn write_head(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, body_len: u64) -> std::fmt::Result {
+    write!(o, "HTTP/1.1 {} {}\r\n", h.status, wire::reason(h.status))?;
+    write!(o, "Date: {}\r\n", wire::fmt_date(UNIX_EPOCH + Duration::from_secs(h.date)))?;
+    o.write_str(concat!("Server: xfer/", env!("CARGO_PKG_VERSION"), "\r\n"))?;
+    let cache = |o: &mut Out<'_>| match cfg.max_age {
+        0 => o.write_str("Cache-Control: no-cache\r\n"),
+        n => write!(o, "Cache-Control: public, max-age={n}\r\n"),
+    };
+    match h.kind {
+        Kind::File => {
+            let size = snap.size();
+            let len = h.part.map_or(size, |(a, b)| b - a);
+            write!(o, "Content-Length: {len}\r\n")?;
+            if let Some((a, b)) = h.part {
+                write!(o, "Content-Range: bytes {a}-{}/{size}\r\n", b - 1)?;
+            }
+            write!(o, "Content-Type: {}\r\n", content_type(snap.name()))?;
+            o.write_str("Content-Disposition: ")?;
+            wire::content_disposition(o, snap.name())?;
+            o.write_str("\r\nAccept-Ranges: bytes\r\n")?;
+            validators(o, snap)?;
+            cache(o)?;
+            digests(o, h, snap)?;
+        }
+        Kind::NotModified => {
+            validators(o, snap)?;
+            cache(o)?;
+        }
+        Kind::Unsatisfiable => {
+            write!(o, "Content-Range: bytes */{}\r\n", snap.size())?;
+            text_type(o, body_len)?;
+        }
+        Kind::Landing => {
+            write!(o, "Content-Length: {body_len}\r\nContent-Type: text/html; charset=utf-8\r\n")?;
+            cache(o)?;
+        }
+        Kind::B3Sum | Kind::Sha256Sum => {
+            text_type(o, body_len)?;
+            cache(o)?;
+        }
+        Kind::MethodNotAllowed => {
+            o.write_str("Allow: GET, HEAD\r\n")?;
+            text_type(o, body_len)?;
+        }
+        Kind::Refused(why) => {
+            match why {
+                Refusal::BadToken => o.write_str("WWW-Authenticate: Bearer realm=\"xfer\"\r\n")?,
+                Refusal::Forbidden => {}
+                Refusal::Paused => o.write_str("Retry-After: 5\r\n")?,
+                _ => o.write_str("Retry-After: 1\r\n")?,
+            }
+            text_type(o, body_len)?;
+        }
+        Kind::ShaPending => {
+            o.write_str("Retry-After: 1\r\n")?;
+            text_type(o, body_len)?;
+        }
+        Kind::NotFound | Kind::Bad(_) => text_type(o, body_len)?,
+    }
+    if h.close {
+        o.write_str("Connection: close\r\n")?;
+    } else if h.keep_alive_10 {
+        o.write_str("Connection: keep-alive\r\n")?;
+    }
+    o.write_str("\r\n")
+}
+
+fn text_type(o: &mut Out<'_>, len: u64) -> std::fmt::Result {
+    write!(o, "Content-Length: {len}\r\nContent-Type: text/plain; charset=utf-8\r\n")
+}
+
+fn validators(o: &mut Out<'_>, snap: &Snapshot) -> std::fmt::Result {
+    write!(o, "ETag: {}\r\nLast-Modified: {}\r\n", etag(snap), wire::fmt_date(snap.modified()))
+}
+
+/// The digests of the whole file (a range's too: they describe the representation):
+/// RFC 9530 `Repr-Digest`, the older RFC 3230 `Digest` (which aria2c checks), and BLAKE3.
+fn digests(o: &mut Out<'_>, h: &Head, snap: &Snapshot) -> std::fmt::Result {
+    if h.sha
+        && let Some(sha) = snap.sha256()
+    {
+        let b64 = wire::base64(sha);
+        write!(o, "Repr-Digest: sha-256=:{b64}:\r\nDigest: SHA-256={b64}\r\n")?;
+    }
+    write!(o, "Xfer-Blake3: {}\r\n", blake3::Hash::from_bytes(*snap.digest()).to_hex())
+}
+
+/// Content-Type by the name's extension; text is declared UTF-8.
+fn content_type(name: &[u8]) -> Cow<'static, str> {
+    let name = String::from_utf8_lossy(name);
+    let mime = mime_guess::from_path(name.as_ref()).first_or_octet_stream();
+    if mime.type_() == mime_guess::mime::TEXT {
+        Cow::Owned(format!("{}/{}; charset=utf-8", mime.type_(), mime.subtype()))
+    } else {
+        Cow::Owned(mime.essence_str().to_string())
+    }
+}
+
+/// The small bodies replies other than the file carry.
+fn write_body(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config) -> std::fmt::Result {
+    let name = snap.name();
+    let url = format!("/{}", wire::url_segment(name));
+    match h.kind {
+        Kind::File | Kind::NotModified => Ok(()),
+        Kind::Unsatisfiable => writeln!(o, "range not satisfiable: the file has {} bytes", snap.size()),
+        Kind::Landing => landing(o, h, snap, cfg, &url),
+        Kind::B3Sum => o.bytes(&wire::checksum_line(&blake3::Hash::from_bytes(*snap.digest()).to_hex(), name)),
+        Kind::Sha256Sum => {
+            let sha = snap.sha256().map(|d| blake3::Hash::from_bytes(*d).to_hex().to_string()).unwrap_or_default();
+            o.bytes(&wire::checksum_line(&sha, name))
+        }
+        Kind::ShaPending => o.write_str("the SHA-256 is still being computed; try again in a moment\n"),
+        Kind::NotFound => writeln!(o, "not found; the file served here is {url}"),
+        Kind::MethodNotAllowed => o.write_str("method not allowed; use GET or HEAD\n"),
+        Kind::Refused(why) => writeln!(o, "{}", why.reason()),
+        Kind::Bad(e) => writeln!(o, "{e}"),
+    }
+}
+
+/// The landing page: what the file is, how to check it, how to get it from a shell.
+fn landing(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, url: &str) -> std::fmt::Result {
+    use crate::encoding::text::shell_quote;
+    let name = String::from_utf8_lossy(snap.name());
+    let shown = wire::html(&printable(&name)).into_owned();
+    let b3 = blake3::Hash::from_bytes(*snap.digest()).to_hex();
+    let host = h.host.as_deref().unwrap_or(&cfg.fallback_host);
+    let full = format!("http://{host}{url}");
+    let size = snap.size();
+    write!(
+        o,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{shown} - xfer</title>\
+         <style>body{{font:16px/1.5 sans-serif;max-width:52em;margin:2em auto;padding:0 1em}}\
+         code,pre{{font-family:monospace;background:#f3f3f3}}pre{{padding:.5em;overflow-x:auto}}\
+         td{{padding-right:1em}}</style></head><body>\n<h1 id=\"name\">{shown}</h1>\n\
+         <p><a id=\"download\" href=\"{}\" download>Download {shown}</a></p>\n<table>\n\
+         <tr><td>size</td><td id=\"size\">{size}</td><td>bytes ({})</td></tr>\n\
+         <tr><td>BLAKE3</td><td colspan=\"2\"><code id=\"blake3\">{b3}</code></td></tr>\n",
+        wire::html(url),
+        crate::human_bytes(size),
+    )?;
+    match snap.sha256().filter(|_| h.sha) {
+        Some(sha) => writeln!(
+            o,
+            "<tr><td>SHA-256</td><td colspan=\"2\"><code id=\"sha256\">{}</code></td></tr>",
+            blake3::Hash::from_bytes(*sha).to_hex()
+        )?,
+        None => o.write_str("<tr><td>SHA-256</td><td colspan=\"2\">being computed; reload in a moment</td></tr>\n")?,
+    }
+    let q_name = shell_quote(&name);
+    let q_url = shell_quote(&full);
+    let sum_url = format!("{full}.b3");
+    let q_sum = shell_quote(&sum_url);
+    // curl -O names the file after the URL's last segment as it is written (still
+    // %-encoded), so a name that needs encoding is given with -o.
+    let curl = if wire::url_segment(snap.name()).as_bytes() == snap.name() {
+        format!("curl -fO {q_url}")
+    } else {
+        format!("curl -fo {q_name} {q_url}")
+    };
+    let target = shell_quote(host);
+    write!(
+        o,
+        "</table>\n<h2>From a shell</h2>\n<pre id=\"curl\">{} &amp;&amp; curl -fsS {} | b3sum -c</pre>\n\
+         <pre id=\"wget\">wget {}</pre>\n<pre id=\"xfer\">xfer fetch {} {}</pre>\n</body></html>\n",
+        wire::html(&curl),
+        wire::html(&q_sum),
+        wire::html(&q_url),
+        wire::html(&target),
+        wire::html(&q_name),
+    )
+}
