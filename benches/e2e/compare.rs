@@ -1,0 +1,194 @@
+//! One load measurement of one server, and `side_by_side`, the comparison every load phase
+//! makes with it: the same file, the same load and the same readings against xfer and then
+//! its peer (nginx), in the same run, so that the two figures differ by the server and not by
+//! the hour or by what else the machine was doing.
+//!
+//! It owns the order (xfer, a pause, the peer, each stopped before the next starts), where the
+//! servers and the load run, what a failed start means (fatal for xfer with one event loop;
+//! an empty column for a missing peer), and the profiler hook. It must never know what a
+//! phase measures or judges (the phase's closure and rows do), nor how a row is laid out.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::load::{LoadOpts, Outcome, Target, run_load};
+use crate::peers::{Server, pin_self};
+use crate::readings::{NOISY_PCT, tcp_counters, tcp_delta, wait_quiet, with_foreign};
+use crate::report::{Results, na};
+use crate::setup::Bench;
+
+/// What to serve in a side-by-side run.
+pub struct Serve<'a> {
+    /// A data file (setup.rs); nginx is asked for it by name, xfer serves only it.
+    pub file: &'a str,
+    pub size: u64,
+    /// xfer's `--threads` and nginx's worker count. More than one spreads the servers and the
+    /// load over all cores: a second event loop needs a core of its own.
+    pub threads: usize,
+}
+
+/// The same measurement of xfer and of its peer; `None` for one that did not run.
+pub struct Pair<T> {
+    pub xfer: Option<T>,
+    pub peer: Option<T>,
+}
+
+impl<T> Pair<T> {
+    pub fn both(&self) -> Option<(&T, &T)> {
+        self.xfer.as_ref().zip(self.peer.as_ref())
+    }
+
+    /// xfer's figure ÷ the peer's, when both ran.
+    pub fn ratio(&self, figure: impl Fn(&T) -> f64) -> Option<f64> {
+        self.both().map(|(x, p)| figure(x) / figure(p))
+    }
+
+    /// The xfer and peer cells of a row; a side that did not run says why.
+    pub fn cells(&self, cell: impl Fn(&T) -> String) -> (String, String) {
+        (
+            self.xfer.as_ref().map(&cell).unwrap_or_else(|| na("failed")),
+            self.peer.as_ref().map(&cell).unwrap_or_else(|| na("nginx missing")),
+        )
+    }
+}
+
+/// Starts xfer serving `serve`, runs `how` against it, stops it; then the same with nginx.
+/// `how` gets the server and a target for the file in the server's own protocol, and does
+/// the loading, the reading and the printing of its line. A start that fails is printed;
+/// xfer's is fatal unless it was asked for `--threads`.
+pub fn side_by_side<T>(
+    bench: &Bench,
+    res: &mut Results,
+    serve: &Serve,
+    how: impl Fn(&Server, &Target) -> T,
+) -> Pair<T> {
+    let spread = serve.threads > 1;
+    let cores = bench.server_cores(serve.threads);
+    if spread && bench.pinned {
+        pin_self(&bench.all_cores);
+    }
+    // Each server is dropped (stopped) at the end of its arm, before the next one starts.
+    let xfer = match bench.start_xfer(serve.file, serve.threads, cores) {
+        Ok(s) => Some(how(&s, &s.target(serve.file, serve.size))),
+        Err(e) => {
+            println!("  xfer: FAILED TO START: {e}");
+            if !spread {
+                res.fatal(e);
+            }
+            None
+        }
+    };
+    // Let the kernel tear down the first server's connections (thousands, in the stall and
+    // crowd phases) before the peer is measured.
+    std::thread::sleep(Duration::from_millis(500));
+    let peer = match bench.start_nginx(serve.threads, cores) {
+        Ok(s) => Some(how(&s, &s.target(serve.file, serve.size))),
+        Err(e) => {
+            println!("  nginx: skipped: {e}");
+            None
+        }
+    };
+    if spread && bench.pinned {
+        pin_self(&[1]);
+    }
+    Pair { xfer, peer }
+}
+
+/// A load phase against one server: the outcome and the server's CPU time for it.
+pub struct Measured {
+    pub out: Outcome,
+    server_cpu_us: f64,
+    /// CPU used by processes other than the server and this bench, as % of all cores.
+    foreign_pct: f64,
+    /// Kernel TCP counters that moved during the phase.
+    kernel: String,
+    /// CPU of the kernel's softirq threads (network processing deferred there), % of a core.
+    softirqd_pct: f64,
+}
+
+impl Measured {
+    pub fn per_sec(&self) -> f64 {
+        self.out.ok as f64 / self.out.elapsed.as_secs_f64().max(1e-9)
+    }
+    pub fn gb_per_sec(&self) -> f64 {
+        self.out.body_bytes as f64 / self.out.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+    pub fn cpu_per_transfer_us(&self) -> f64 {
+        self.server_cpu_us / (self.out.ok as f64).max(1.0)
+    }
+    pub fn exact(&self) -> bool {
+        self.out.bad == 0 && self.out.timed_out == 0 && self.out.ok > 0
+    }
+    fn noisy(&self) -> bool {
+        self.foreign_pct > NOISY_PCT
+    }
+    /// Suffix for a table cell: errors or other load on the machine.
+    pub fn flags(&self) -> &'static str {
+        match (self.exact(), self.noisy()) {
+            (false, _) => " (errors!)",
+            (true, true) => " (noisy)",
+            _ => "",
+        }
+    }
+    /// The phase's line for one server, with every reading behind its figures.
+    pub fn describe(&self, s: &Server) -> String {
+        let secs = self.out.elapsed.as_secs_f64().max(1e-9);
+        format!(
+            "{}: {}; {:.0}/s, {:.3} GB/s; server CPU {:.3} s ({:.0}% of a core, {:.1} µs/transfer); \
+             load-gen CPU {:.0}%; ksoftirqd {:.0}% of a core; other processes {:.0}% of the machine{}",
+            s.name,
+            self.out.summary(),
+            self.per_sec(),
+            self.gb_per_sec(),
+            self.server_cpu_us / 1e6,
+            self.server_cpu_us / 1e4 / secs,
+            self.cpu_per_transfer_us(),
+            self.out.load_cpu_us / 1e4 / secs,
+            self.softirqd_pct,
+            self.foreign_pct,
+            if self.noisy() { " — NOISY, another job was using the CPU" } else { "" },
+        ) + &format!("\n      kernel TCP counters: {}", self.kernel)
+    }
+}
+
+/// Runs the load `o` against `s` once the machine is quiet, with the readings around it.
+pub fn measure(phase: &str, s: &Server, t: &Target, o: &LoadOpts) -> Measured {
+    wait_quiet();
+    let profiler = start_profiler(phase, s);
+    let k0 = tcp_counters();
+    let c0 = s.cpu_us();
+    let (out, foreign_pct, softirqd_pct) = with_foreign(&s.cpu_pids, || run_load(t, o));
+    let server_cpu_us = s.cpu_us() - c0;
+    stop_profiler(profiler);
+    Measured { out, server_cpu_us, foreign_pct, softirqd_pct, kernel: tcp_delta(&k0) }
+}
+
+/// `XFER_BENCH_PROFILE='perf record -g -p {pids} -o /tmp/{name}.data'` runs that shell
+/// command during each measured load phase ({pids}: the server's processes, comma-separated;
+/// {name}: phase and server), and stops it with SIGINT when the phase ends.
+fn start_profiler(phase: &str, s: &Server) -> Option<Child> {
+    let tmpl = std::env::var("XFER_BENCH_PROFILE").ok().filter(|t| !t.trim().is_empty())?;
+    let pids: Vec<String> = s.cpu_pids.iter().map(|p| p.to_string()).collect();
+    let name: String =
+        format!("{phase}-{}", s.name).chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let cmd = tmpl.replace("{pids}", &pids.join(",")).replace("{name}", &name);
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(format!("exec {cmd}")).stdin(Stdio::null());
+    let child = c.spawn().map_err(|e| println!("  (profiler {cmd:?} failed to start: {e})")).ok()?;
+    std::thread::sleep(Duration::from_millis(300)); // let it attach
+    Some(child)
+}
+
+fn stop_profiler(p: Option<Child>) {
+    if let Some(mut c) = p {
+        // SIGINT, not SIGKILL: perf writes its data file on the way out.
+        // SAFETY: kill(2) takes plain integers; the profiler is our child, not yet reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end && matches!(c.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
