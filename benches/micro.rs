@@ -92,7 +92,7 @@ fn main() {
 
     // Encoding: requests and headers per second, encode + decode.
     let n = 1_000_000;
-    let req = Request { offset: 12345, token: Some([7; 32]) };
+    let req = Request::v1(12345, Some([7; 32]));
     let r = best_rate(secs, n as f64, || {
         for i in 0..n {
             let w = encoding::xfer::encode_request(&Request { offset: i, ..req });
@@ -146,7 +146,7 @@ fn main() {
                     let mut peer = KThenBlock {
                         k,
                         blocked: false,
-                        request: encoding::xfer::encode_request(&Request { offset: 0, token: None }),
+                        request: encoding::xfer::encode_request(&Request::v1(0, None)),
                         read: false,
                         scratch: vec![0; k.min(size)],
                         taken: 0,

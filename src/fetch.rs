@@ -218,7 +218,7 @@ fn handshake(
 ) -> Result<(u64, Digest), FetchError> {
     stream.set_write_timeout(Some(opts.timeout)).map_err(|e| lost(target, e))?;
     let token = opts.token.as_ref().map(|t| *blake3::hash(t).as_bytes());
-    let req = wire::encode_request(&wire::Request { offset: 0, token });
+    let req = wire::encode_request(&wire::Request::v1(0, token));
     if let Err(e) = stream.write_all(&req) {
         // A server that refuses before reading may close first; its answer may still be there.
         if !matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) {
@@ -235,8 +235,8 @@ fn handshake(
     loop {
         let need = match wire::decode_response(&buf[..have]) {
             Ok(Decoded::NeedMore(n)) => n,
-            Ok(Decoded::Done(Response::Ok { size, digest }, _)) => return Ok((size, digest)),
-            Ok(Decoded::Done(Response::Refused { status, reason }, _)) => {
+            Ok(Decoded::Done(Response::Ok { size, digest, .. }, _)) => return Ok((size, digest)),
+            Ok(Decoded::Done(Response::Refused { status, reason, .. }, _)) => {
                 let reason = printable(&reason).into_owned();
                 return Err(FetchError::Refused { target: target.to_string(), status, reason });
             }

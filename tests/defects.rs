@@ -586,7 +586,7 @@ fn item16_a_crowd_behind_one_address_is_served_and_the_excess_is_told_why() {
     for h in handles {
         let got = h.join().unwrap().expect("connection failed instead of a refusal");
         match encoding::xfer::decode_response(&got) {
-            Ok(encoding::Decoded::Done(encoding::xfer::Response::Refused { status, reason }, _)) => {
+            Ok(encoding::Decoded::Done(encoding::xfer::Response::Refused { status, reason, .. }, _)) => {
                 assert_eq!(status, Status::Busy);
                 assert!(reason.contains("from your address"), "{reason:?}");
             }

@@ -415,7 +415,11 @@ fn rename_alone_gives_new_clients_the_new_file() {
     assert!(got != old, "a file replaced by rename (no SIGHUP): a new client still got the old version");
     assert!(got == new, "fetched {} bytes, neither the old nor the new version", got.len());
     let (_, header) = request_header(server.addr, None, None);
-    assert_eq!(header, Response::Ok { size: new.len() as u64, digest: digest(&new) }, "header of the new file");
+    assert_eq!(
+        header,
+        Response::Ok { size: new.len() as u64, digest: digest(&new), name: None },
+        "header of the new file"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

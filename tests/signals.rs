@@ -116,7 +116,7 @@ fn read_to_close(s: &mut TcpStream, secs: u64) -> Vec<u8> {
 fn paused_refusal(addr: SocketAddr) -> (encoding::xfer::Status, String) {
     let got = raw::raw_fetch(addr, &request(None)).expect("raw fetch while paused");
     match encoding::xfer::decode_response(&got) {
-        Ok(encoding::Decoded::Done(encoding::xfer::Response::Refused { status, reason }, _)) => (status, reason),
+        Ok(encoding::Decoded::Done(encoding::xfer::Response::Refused { status, reason, .. }, _)) => (status, reason),
         other => panic!("expected a refusal while paused, got {other:?} ({} bytes)", got.len()),
     }
 }
@@ -398,7 +398,7 @@ fn sighup_reload_after_rename_old_in_flight_new_for_new() {
     let mut srv = Server::start(&file, &[]);
     let reader = SlowReader::start(srv.addr, 16 * MIB);
     match &reader.header {
-        Response::Ok { size, digest } => {
+        Response::Ok { size, digest, .. } => {
             assert_eq!(*size, old_size);
             assert!(*digest == old_digest, "header digest is not the old file's");
         }

@@ -22,7 +22,7 @@ impl Proto {
     /// The bytes of one request for `path`.
     pub fn request(self, path: &str) -> Vec<u8> {
         match self {
-            Proto::Xfer => encode_request(&Request { offset: 0, token: None }).to_vec(),
+            Proto::Xfer => encode_request(&Request::v1(0, None)).to_vec(),
             Proto::Http10 => format!("GET /{path} HTTP/1.0\r\n\r\n").into_bytes(),
         }
     }
@@ -40,7 +40,7 @@ impl Proto {
                     debug_assert_eq!(used, HEADER_LEN);
                     Ok(Some(used))
                 }
-                Ok(Decoded::Done(Response::Refused { status, reason }, _)) => {
+                Ok(Decoded::Done(Response::Refused { status, reason, .. }, _)) => {
                     Err(format!("refused {status:?}: {reason}"))
                 }
                 Err(e) => Err(format!("bad header: {e}")),

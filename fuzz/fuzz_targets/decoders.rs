@@ -23,10 +23,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&encoding::xfer::encode_request(&req)[..], &data[..n]);
     }
     match whole_resp {
-        Ok(Decoded::Done(Response::Ok { size, digest }, n)) => {
+        Ok(Decoded::Done(Response::Ok { size, digest, .. }, n)) => {
             assert_eq!(&encoding::xfer::encode_ok(size, &digest)[..], &data[..n]);
         }
-        Ok(Decoded::Done(Response::Refused { status, reason }, n)) => {
+        Ok(Decoded::Done(Response::Refused { status, reason, .. }, n)) => {
             assert!(n <= encoding::xfer::HEADER_LEN + encoding::xfer::MAX_REASON);
             assert!(reason.len() <= 3 * encoding::xfer::MAX_REASON, "lossy decoding may grow, but boundedly");
             assert_ne!(status, encoding::xfer::Status::Ok);

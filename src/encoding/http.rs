@@ -428,6 +428,388 @@ impl fmt::Write for Out<'_> {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The client side: response heads, chunked bodies, and the headers fetch acts on.
+// ---------------------------------------------------------------------------------------
+
+/// Longest response head a client accepts.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// A parsed response head: the status, and the fields fetch acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub reason: String,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    /// `Content-Range: bytes a-b/total`: (a, b inclusive, total if known).
+    pub content_range: Option<(u64, u64, Option<u64>)>,
+    /// A `Content-Encoding` other than identity (the body is not the file's bytes).
+    pub encoding: Option<String>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub location: Option<String>,
+    pub retry_after: Option<String>,
+    /// The file name from `Content-Disposition` (`filename*` preferred), as bytes.
+    pub filename: Option<Vec<u8>>,
+    /// SHA-256 of the whole representation, from `Repr-Digest` or the older `Digest`.
+    pub sha256: Option<[u8; 32]>,
+    /// BLAKE3 of the whole file, from xfer's own `Xfer-Blake3`.
+    pub blake3: Option<[u8; 32]>,
+}
+
+/// Why a response head cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum ResponseError {
+    #[error("malformed HTTP response")]
+    Malformed,
+    #[error("HTTP response head over 64 KiB")]
+    TooLarge,
+    #[error("conflicting Content-Length fields")]
+    Length,
+}
+
+/// Parses a response head from the bytes so far; `Done(head, n)`: the body starts at `n`.
+pub fn parse_response(buf: &[u8]) -> Result<Decoded<ResponseHead>, ResponseError> {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut resp = httparse::Response::new(&mut headers);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => return Err(ResponseError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore(1)),
+        Err(_) => return Err(ResponseError::Malformed),
+    };
+    let mut head = ResponseHead {
+        status: resp.code.ok_or(ResponseError::Malformed)?,
+        reason: resp.reason.unwrap_or("").to_string(),
+        ..ResponseHead::default()
+    };
+    let (mut disposition, mut old_digest) = (None, None);
+    for h in resp.headers.iter() {
+        let Ok(v) = std::str::from_utf8(h.value) else { continue };
+        let v = v.trim();
+        let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+        if is("content-length") {
+            let len: u64 = v.parse().map_err(|_| ResponseError::Malformed)?;
+            if head.content_length.is_some_and(|l| l != len) {
+                return Err(ResponseError::Length);
+            }
+            head.content_length = Some(len);
+        } else if is("transfer-encoding") {
+            head.chunked = v.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        } else if is("content-range") {
+            head.content_range = parse_content_range(v);
+        } else if is("content-encoding") {
+            if !v.eq_ignore_ascii_case("identity") && !v.is_empty() {
+                head.encoding = Some(v.to_string());
+            }
+        } else if is("etag") {
+            head.etag = Some(v.to_string());
+        } else if is("last-modified") {
+            head.last_modified = Some(v.to_string());
+        } else if is("location") {
+            head.location = Some(v.to_string());
+        } else if is("retry-after") {
+            head.retry_after = Some(v.to_string());
+        } else if is("content-disposition") {
+            disposition = Some(v);
+        } else if is("repr-digest") {
+            head.sha256 = head.sha256.or_else(|| repr_digest_sha256(v));
+        } else if is("digest") {
+            old_digest = old_digest.or_else(|| digest_sha256(v));
+        } else if is("xfer-blake3") {
+            head.blake3 = parse_hex32(v);
+        }
+    }
+    head.sha256 = head.sha256.or(old_digest);
+    head.filename = disposition.and_then(disposition_filename);
+    Ok(Decoded::Done(head, n))
+}
+
+/// `bytes a-b/total` (total may be `*`).
+fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.strip_prefix("bytes ")?.trim();
+    let (range, total) = rest.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    if b < a {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((a, b, total))
+}
+
+/// `Repr-Digest: sha-256=:BASE64:` (RFC 9530; a dictionary that may name other algorithms).
+fn repr_digest_sha256(v: &str) -> Option<[u8; 32]> {
+    v.split(',').find_map(|item| {
+        let (alg, val) = item.trim().split_once('=')?;
+        if !alg.trim().eq_ignore_ascii_case("sha-256") {
+            return None;
+        }
+        let b64 = val.trim().strip_prefix(':')?.strip_suffix(':')?;
+        base64_decode(b64)?.try_into().ok()
+    })
+}
+
+/// `Digest: SHA-256=BASE64` (RFC 3230; a list that may name other algorithms).
+fn digest_sha256(v: &str) -> Option<[u8; 32]> {
+    v.split(',').find_map(|item| {
+        let (alg, val) = item.trim().split_once('=')?;
+        if !alg.trim().eq_ignore_ascii_case("sha-256") {
+            return None;
+        }
+        base64_decode(val.trim())?.try_into().ok()
+    })
+}
+
+/// 64 hex digits.
+pub fn parse_hex32(v: &str) -> Option<[u8; 32]> {
+    let v = v.trim().as_bytes();
+    if v.len() != 64 {
+        return None;
+    }
+    let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in v.chunks(2).enumerate() {
+        out[i] = nib(pair[0])? << 4 | nib(pair[1])?;
+    }
+    Some(out)
+}
+
+/// Standard base64 (padding optional); `None` on anything else.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.as_bytes().chunks(4) {
+        if chunk.len() == 1 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c)? << (18 - 6 * i);
+        }
+        out.push((n >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(n as u8);
+        }
+    }
+    Some(out)
+}
+
+/// The file name a `Content-Disposition` value gives: `filename*` (RFC 5987/8187,
+/// percent-decoded; UTF-8 or ISO-8859-1) when present, else `filename` (quoted or not).
+/// The bytes are not yet safe to use as a name; see `fetch`'s sanitiser.
+pub fn disposition_filename(v: &str) -> Option<Vec<u8>> {
+    let mut plain = None;
+    let mut extended = None;
+    let mut rest = v;
+    // Parameters after the disposition type, `;`-separated; quoted strings may hold `;`.
+    while let Some(i) = rest.find(';') {
+        rest = rest[i + 1..].trim_start();
+        let Some(eq) = rest.find('=') else { break };
+        let name = rest[..eq].trim().to_ascii_lowercase();
+        let after = &rest[eq + 1..];
+        let (value, tail) = if let Some(q) = after.strip_prefix('"') {
+            let mut out = Vec::new();
+            let mut chars = q.char_indices();
+            let mut end = q.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, e)) = chars.next() {
+                            let mut b = [0; 4];
+                            out.extend_from_slice(e.encode_utf8(&mut b).as_bytes());
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => {
+                        let mut b = [0; 4];
+                        out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+                    }
+                }
+            }
+            (out, &q[end.min(q.len())..])
+        } else {
+            let end = after.find(';').unwrap_or(after.len());
+            (after[..end].trim().as_bytes().to_vec(), &after[end..])
+        };
+        match name.as_str() {
+            "filename" => plain = Some(value),
+            "filename*" => extended = rfc5987(&value),
+            _ => {}
+        }
+        rest = tail;
+    }
+    extended.or(plain)
+}
+
+/// `charset'lang'pct-encoded` → bytes (UTF-8 as is; ISO-8859-1 converted to UTF-8).
+fn rfc5987(v: &[u8]) -> Option<Vec<u8>> {
+    let v = std::str::from_utf8(v).ok()?;
+    let mut parts = v.splitn(3, '\'');
+    let charset = parts.next()?.to_ascii_lowercase();
+    let _lang = parts.next()?;
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(parts.next()?).collect();
+    match charset.as_str() {
+        "utf-8" => Some(bytes),
+        "iso-8859-1" => Some(bytes.iter().map(|&b| b as char).collect::<String>().into_bytes()),
+        _ => None,
+    }
+}
+
+/// `Retry-After`: seconds, or an HTTP date (then relative to `now`).
+pub fn retry_after(v: &str, now: SystemTime) -> Option<std::time::Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    parse_date(v).map(|t| t.duration_since(now).unwrap_or_default())
+}
+
+/// A chunked body's decoder (RFC 9112 §7.1): fed the raw bytes as they arrive, it keeps the
+/// data and drops the framing, in place. Trailers are read and ignored. Chunk sizes are
+/// looked at, never allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunked {
+    /// Reading a chunk-size line; the digits so far.
+    Size {
+        size: u64,
+        digits: u8,
+        in_ext: bool,
+    },
+    /// The line ended with CR: expecting LF. `digits`: whether there was a size at all.
+    SizeLf {
+        size: u64,
+        digits: bool,
+    },
+    /// Inside a chunk's data: this many bytes left.
+    Data(u64),
+    /// After a chunk's data: expecting CR then LF.
+    DataCr,
+    DataLf,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailer {
+        line_len: u32,
+        cr: bool,
+    },
+    Done,
+}
+
+/// A chunked body that makes no sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("malformed chunked body")]
+pub struct ChunkError;
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Chunked::Size { size: 0, digits: 0, in_ext: false }
+    }
+}
+
+impl Chunked {
+    pub fn is_done(&self) -> bool {
+        *self == Chunked::Done
+    }
+
+    /// Decodes `buf` in place: the data bytes are moved to its front; returns how many
+    /// there are. Bytes after the end of the body are left where they are (and counted in
+    /// nothing).
+    pub fn decode(&mut self, buf: &mut [u8]) -> Result<usize, ChunkError> {
+        let (mut r, mut w) = (0usize, 0usize);
+        while r < buf.len() {
+            match *self {
+                Chunked::Done => break,
+                Chunked::Data(left) => {
+                    let n = (left.min((buf.len() - r) as u64)) as usize;
+                    buf.copy_within(r..r + n, w);
+                    (r, w) = (r + n, w + n);
+                    *self = if left == n as u64 { Chunked::DataCr } else { Chunked::Data(left - n as u64) };
+                }
+                Chunked::Size { size, digits, in_ext } => {
+                    let c = buf[r];
+                    r += 1;
+                    *self = match c {
+                        b'\r' => Chunked::SizeLf { size, digits: digits > 0 },
+                        b'\n' => after_size(size, digits > 0)?,
+                        _ if in_ext => Chunked::Size { size, digits, in_ext },
+                        b';' | b' ' | b'\t' if digits > 0 => Chunked::Size { size, digits, in_ext: true },
+                        c if c.is_ascii_hexdigit() && digits < 16 => {
+                            let d = (c as char).to_digit(16).unwrap_or(0) as u64;
+                            Chunked::Size { size: size << 4 | d, digits: digits + 1, in_ext }
+                        }
+                        _ => return Err(ChunkError),
+                    };
+                    if let Chunked::Size { digits: 0, in_ext: true, .. } = self {
+                        return Err(ChunkError);
+                    }
+                }
+                Chunked::SizeLf { size, digits } => {
+                    if buf[r] != b'\n' {
+                        return Err(ChunkError);
+                    }
+                    r += 1;
+                    *self = after_size(size, digits)?;
+                }
+                Chunked::DataCr => {
+                    if buf[r] != b'\r' {
+                        return Err(ChunkError);
+                    }
+                    r += 1;
+                    *self = Chunked::DataLf;
+                }
+                Chunked::DataLf => {
+                    if buf[r] != b'\n' {
+                        return Err(ChunkError);
+                    }
+                    r += 1;
+                    *self = Chunked::default();
+                }
+                Chunked::Trailer { line_len, cr } => {
+                    let c = buf[r];
+                    r += 1;
+                    *self = match (c, cr) {
+                        (b'\n', _) if line_len == 0 => Chunked::Done,
+                        (b'\n', _) => Chunked::Trailer { line_len: 0, cr: false },
+                        (b'\r', false) => Chunked::Trailer { line_len, cr: true },
+                        (_, true) => return Err(ChunkError),
+                        _ if line_len >= 8192 => return Err(ChunkError),
+                        _ => Chunked::Trailer { line_len: line_len + 1, cr: false },
+                    };
+                }
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// What follows a chunk-size line: data, or the trailer after the last (empty) chunk.
+fn after_size(size: u64, digits: bool) -> Result<Chunked, ChunkError> {
+    match (digits, size) {
+        (false, _) => Err(ChunkError),
+        (true, 0) => Ok(Chunked::Trailer { line_len: 0, cr: false }),
+        (true, n) => Ok(Chunked::Data(n)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,6 +940,100 @@ mod tests {
         assert!(out.write_str("abcd").is_ok());
         assert!(out.write_str("e").is_err());
         assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn responses() {
+        let raw = b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Range: bytes 5-14/100\r\n\
+            ETag: \"abc\"\r\nRepr-Digest: md5=:AAAA:, sha-256=:qUiQTy8PR5uPgZdpSzAYSw0u0cHNKh7A+4XSmaGSpEc=:\r\n\
+            Content-Disposition: attachment; filename=\"a;b.txt\"; filename*=UTF-8''caf%C3%A9.txt\r\n\
+            Xfer-Blake3: dc5a4edb8240b018124052c330270696f96771a63b45250a5c17d3000e823355\r\n\r\nbody";
+        let Ok(Decoded::Done(h, n)) = parse_response(raw) else { panic!() };
+        assert_eq!(n, raw.len() - 4);
+        assert_eq!((h.status, h.content_length, h.content_range), (206, Some(10), Some((5, 14, Some(100)))));
+        assert_eq!(h.etag.as_deref(), Some("\"abc\""));
+        assert_eq!(h.filename.as_deref(), Some("café.txt".as_bytes()));
+        assert_eq!(base64(&h.sha256.unwrap()), "qUiQTy8PR5uPgZdpSzAYSw0u0cHNKh7A+4XSmaGSpEc=");
+        assert!(h.blake3.is_some());
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nDigest: SHA-256=qUiQTy8PR5uPgZdpSzAYSw0u0cHNKh7A+4XSmaGSpEc=\r\n\r\n";
+        let Ok(Decoded::Done(h, _)) = parse_response(raw) else { panic!() };
+        assert!(h.chunked && h.sha256.is_some());
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Err(ResponseError::Length)
+        );
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\n"), Ok(Decoded::NeedMore(1)));
+        assert_eq!(disposition_filename("attachment; filename=plain.bin"), Some(b"plain.bin".to_vec()));
+        assert_eq!(disposition_filename("inline; filename=\"q\\\"x\""), Some(b"q\"x".to_vec()));
+        assert_eq!(
+            disposition_filename("attachment; filename*=iso-8859-1'en'%E9t%E9"),
+            Some("été".as_bytes().to_vec())
+        );
+        assert_eq!(disposition_filename("attachment"), None);
+        assert_eq!(base64_decode("Zm9vYmFy"), Some(b"foobar".to_vec()));
+        assert_eq!(base64_decode("Zm8="), Some(b"fo".to_vec()));
+        assert_eq!(base64_decode("Z"), None);
+        assert_eq!(retry_after("7", SystemTime::now()), Some(std::time::Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let mut body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT".to_vec();
+        let mut d = Chunked::default();
+        let n = d.decode(&mut body).unwrap();
+        assert_eq!(&body[..n], b"Wikipedia in\r\n\r\nchunks.");
+        assert!(d.is_done());
+        // Byte by byte, the same.
+        let whole = b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n".to_vec();
+        let (mut d, mut out) = (Chunked::default(), Vec::new());
+        for &b in &whole {
+            let mut one = [b];
+            let n = d.decode(&mut one).unwrap();
+            out.extend_from_slice(&one[..n]);
+        }
+        assert_eq!(out, b"Wikipedia");
+        assert!(d.is_done());
+        for bad in [&b"x\r\n"[..], b"\r\n", b"4\r\nWikiX", b"11111111111111111\r\n", b";\r\n"] {
+            let mut v = bad.to_vec();
+            assert_eq!(Chunked::default().decode(&mut v), Err(ChunkError), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn chunked_decoding_is_split_proof(data in proptest::collection::vec(any::<u8>(), 0..500), sizes in proptest::collection::vec(1usize..40, 1..20), cut in 0usize..600) {
+            let mut wire = Vec::new();
+            let mut rest = &data[..];
+            for s in sizes.iter().cycle() {
+                if rest.is_empty() { break; }
+                let n = (*s).min(rest.len());
+                wire.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let cut = cut.min(wire.len());
+            let (mut a, mut b) = (wire[..cut].to_vec(), wire[cut..].to_vec());
+            let mut d = Chunked::default();
+            let na = d.decode(&mut a).unwrap();
+            let nb = d.decode(&mut b).unwrap();
+            let mut out = a[..na].to_vec();
+            out.extend_from_slice(&b[..nb]);
+            prop_assert_eq!(out, data);
+            prop_assert!(d.is_done());
+        }
+
+        #[test]
+        fn response_parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_response(&bytes);
+            let _ = Chunked::default().decode(&mut bytes.clone());
+            if let Ok(s) = std::str::from_utf8(&bytes) {
+                let _ = disposition_filename(s);
+                let _ = base64_decode(s);
+            }
+        }
     }
 
     proptest! {

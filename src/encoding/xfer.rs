@@ -1,36 +1,61 @@
 //! The native wire protocol (docs/PROTOCOL.md): a fixed-size request, a fixed-size
 //! response header, then the file's bytes or a short refusal reason.
 //!
-//! Pure functions: nothing here does I/O or allocates from a length the peer sent.
-//! Decoders take whatever bytes have arrived so far and answer "need more", a value, or a
-//! typed error; they never panic, whatever the input. Both messages are 48 bytes, so a peer
-//! can make us hold at most 48 bytes before we know what it is.
+//! Two versions are spoken. Version 2 adds, to a successful header, the file's base name
+//! (so a client can save the file under it) and, to a refusal, a hint of when to try again.
+//! A server answers in the version the client asked for; a client that gets "unsupported
+//! version" from an older server asks again in version 1.
+//!
+//! Pure functions: nothing here does I/O or allocates from a length the peer sent (the only
+//! lengths on the wire are single bytes). Decoders take whatever bytes have arrived so far
+//! and answer "need more", a value, or a typed error; they never panic, whatever the input.
 
 use thiserror::Error;
 
 use super::{Decoded, Digest};
 
 /// First four bytes of a request. `0xF0` is not ASCII, so no HTTP method or TLS record
-/// starts this way and HTTP can later share the port.
+/// starts this way and HTTP shares the port.
 pub const REQUEST_MAGIC: [u8; 4] = [0xF0, b'X', b'F', b'Q'];
 /// First four bytes of a response header.
 pub const RESPONSE_MAGIC: [u8; 4] = [0xF0, b'X', b'F', b'R'];
-/// The only protocol version spoken so far.
-pub const VERSION: u8 = 1;
+/// The first version: no name, no retry hint.
+pub const V1: u8 = 1;
+/// The newest version spoken, and the one clients ask for.
+pub const VERSION: u8 = 2;
 /// Size of a request on the wire.
 pub const REQUEST_LEN: usize = 48;
-/// Size of a response header on the wire (a refusal's reason follows it).
+/// Size of a response header on the wire (a refusal's reason, or a v2 name, follows it).
 pub const HEADER_LEN: usize = 48;
 /// Request flag: the token field carries BLAKE3(token).
 pub const FLAG_TOKEN: u8 = 0x01;
+/// Longest refusal reason, and longest name: what a one-byte length can say.
+pub const MAX_REASON: usize = 255;
+pub const MAX_NAME: usize = 255;
+/// Longest response before the body: a header and a reason or a name.
+pub const MAX_RESPONSE_HEAD: usize = HEADER_LEN + 255;
 
 /// What a client asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
+    /// The protocol version the client speaks (and wants its answer in).
+    pub version: u8,
     /// First byte of the file wanted.
     pub offset: u64,
     /// BLAKE3 of the shared token, if the client has one.
     pub token: Option<Digest>,
+}
+
+impl Request {
+    /// A request in the newest version.
+    pub fn new(offset: u64, token: Option<Digest>) -> Request {
+        Request { version: VERSION, offset, token }
+    }
+
+    /// A request in version 1, as clients before version 2 send.
+    pub fn v1(offset: u64, token: Option<Digest>) -> Request {
+        Request { version: V1, offset, token }
+    }
 }
 
 /// Status byte of a response header.
@@ -96,10 +121,12 @@ impl Status {
 /// A decoded response header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    /// The file follows: `size - offset` bytes whose whole-file digest is `digest`.
-    Ok { size: u64, digest: Digest },
-    /// The server refused; `reason` is at most 255 bytes, lossily decoded.
-    Refused { status: Status, reason: String },
+    /// The file follows: `size - offset` bytes whose whole-file digest is `digest`. A
+    /// version 2 header also names the file (at most 255 bytes; it may be empty).
+    Ok { size: u64, digest: Digest, name: Option<Vec<u8>> },
+    /// The server refused; `reason` is at most 255 bytes, lossily decoded. A version 2
+    /// refusal may say how long to wait before trying again.
+    Refused { status: Status, reason: String, retry_after_ms: Option<u64> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -118,11 +145,15 @@ pub enum DecodeError {
     UnexpectedReason,
 }
 
+fn known(version: u8) -> bool {
+    (V1..=VERSION).contains(&version)
+}
+
 /// Encodes a request.
 pub fn encode_request(req: &Request) -> [u8; REQUEST_LEN] {
     let mut out = [0u8; REQUEST_LEN];
     out[0..4].copy_from_slice(&REQUEST_MAGIC);
-    out[4] = VERSION;
+    out[4] = req.version;
     out[8..16].copy_from_slice(&req.offset.to_be_bytes());
     if let Some(token) = &req.token {
         out[5] = FLAG_TOKEN;
@@ -139,7 +170,7 @@ pub fn encode_request(req: &Request) -> [u8; REQUEST_LEN] {
 pub fn decode_request(buf: &[u8]) -> Result<Decoded<Request>, DecodeError> {
     check_magic(buf, &REQUEST_MAGIC)?;
     if let Some(&v) = buf.get(4)
-        && v != VERSION
+        && !known(v)
     {
         return Err(DecodeError::UnsupportedVersion(v));
     }
@@ -164,25 +195,48 @@ pub fn decode_request(buf: &[u8]) -> Result<Decoded<Request>, DecodeError> {
         }
         None
     };
-    Ok(Decoded::Done(Request { offset, token }, REQUEST_LEN))
+    Ok(Decoded::Done(Request { version: buf[4], offset, token }, REQUEST_LEN))
 }
 
-/// Encodes the header of a successful response.
+/// Encodes the header of a successful version 1 response.
 pub fn encode_ok(size: u64, digest: &Digest) -> [u8; HEADER_LEN] {
     let mut out = [0u8; HEADER_LEN];
     out[0..4].copy_from_slice(&RESPONSE_MAGIC);
-    out[4] = VERSION;
+    out[4] = V1;
     out[8..16].copy_from_slice(&size.to_be_bytes());
     out[16..48].copy_from_slice(digest);
     out
 }
 
-/// Longest refusal reason that fits the one-byte length field.
-pub const MAX_REASON: usize = 255;
+/// Encodes a successful response's head in `version`: the header and, from version 2, the
+/// name after it (cut to 255 bytes). Returns the length used.
+pub fn encode_ok_in(version: u8, size: u64, digest: &Digest, name: &[u8], out: &mut [u8; MAX_RESPONSE_HEAD]) -> usize {
+    out[..HEADER_LEN].copy_from_slice(&encode_ok(size, digest));
+    if version < 2 {
+        return HEADER_LEN;
+    }
+    let name = &name[..name.len().min(MAX_NAME)];
+    out[4] = version;
+    out[6] = name.len() as u8;
+    out[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
+    HEADER_LEN + name.len()
+}
 
-/// Encodes a refusal: header then reason, into `out`; returns the length used.
+/// Encodes a version 1 refusal: header then reason, into `out`; returns the length used.
 /// The reason is cut to 255 bytes (at a character boundary) and never left empty.
-pub fn encode_refusal(status: Status, reason: &str, out: &mut [u8; HEADER_LEN + MAX_REASON]) -> usize {
+pub fn encode_refusal(status: Status, reason: &str, out: &mut [u8; MAX_RESPONSE_HEAD]) -> usize {
+    encode_refusal_in(V1, status, reason, None, out)
+}
+
+/// Encodes a refusal in `version`; from version 2 it may carry a hint of how long to wait
+/// before trying again (milliseconds, in the size field).
+pub fn encode_refusal_in(
+    version: u8,
+    status: Status,
+    reason: &str,
+    retry_after_ms: Option<u64>,
+    out: &mut [u8; MAX_RESPONSE_HEAD],
+) -> usize {
     debug_assert!(status != Status::Ok, "a refusal needs a non-zero status");
     let mut reason = if reason.is_empty() { "refused" } else { reason };
     if reason.len() > MAX_REASON {
@@ -194,22 +248,25 @@ pub fn encode_refusal(status: Status, reason: &str, out: &mut [u8; HEADER_LEN + 
     }
     out[..HEADER_LEN].fill(0);
     out[0..4].copy_from_slice(&RESPONSE_MAGIC);
-    out[4] = VERSION;
+    out[4] = version;
     out[5] = status.code();
     out[6] = reason.len() as u8;
+    if version >= 2 {
+        out[8..16].copy_from_slice(&retry_after_ms.unwrap_or(0).to_be_bytes());
+    }
     out[HEADER_LEN..HEADER_LEN + reason.len()].copy_from_slice(reason.as_bytes());
     HEADER_LEN + reason.len()
 }
 
-/// Decodes a response header (and, for a refusal, its reason) from the bytes so far.
-/// For `Ok`, the returned length is `HEADER_LEN`; the body starts right after it.
+/// Decodes a response head (the header, and a refusal's reason or a version 2 name) from
+/// the bytes so far. The returned length is where the body starts.
 pub fn decode_response(buf: &[u8]) -> Result<Decoded<Response>, DecodeError> {
     check_magic(buf, &RESPONSE_MAGIC)?;
-    if let Some(&v) = buf.get(4)
-        && v != VERSION
-    {
-        return Err(DecodeError::UnsupportedVersion(v));
-    }
+    let version = match buf.get(4) {
+        Some(&v) if !known(v) => return Err(DecodeError::UnsupportedVersion(v)),
+        Some(&v) => v,
+        None => V1,
+    };
     if buf.len() < HEADER_LEN {
         return Ok(Decoded::NeedMore(HEADER_LEN - buf.len()));
     }
@@ -217,25 +274,31 @@ pub fn decode_response(buf: &[u8]) -> Result<Decoded<Response>, DecodeError> {
         return Err(DecodeError::Reserved);
     }
     let status = Status::from_code(buf[5]);
-    let reason_len = buf[6] as usize;
+    let len = buf[6] as usize;
+    let total = HEADER_LEN + len;
     if status == Status::Ok {
-        if reason_len != 0 {
+        if version == V1 && len != 0 {
             return Err(DecodeError::UnexpectedReason);
+        }
+        if buf.len() < total {
+            return Ok(Decoded::NeedMore(total - buf.len()));
         }
         let size = u64::from_be_bytes(array8(&buf[8..16]));
         let mut digest = [0u8; 32];
         digest.copy_from_slice(&buf[16..48]);
-        return Ok(Decoded::Done(Response::Ok { size, digest }, HEADER_LEN));
+        let name = (version >= 2).then(|| buf[HEADER_LEN..total].to_vec());
+        return Ok(Decoded::Done(Response::Ok { size, digest, name }, total));
     }
-    if reason_len == 0 {
+    if len == 0 {
         return Err(DecodeError::MissingReason(buf[5]));
     }
-    let total = HEADER_LEN + reason_len;
     if buf.len() < total {
         return Ok(Decoded::NeedMore(total - buf.len()));
     }
     let reason = String::from_utf8_lossy(&buf[HEADER_LEN..total]).into_owned();
-    Ok(Decoded::Done(Response::Refused { status, reason }, total))
+    let hint = u64::from_be_bytes(array8(&buf[8..16]));
+    let retry_after_ms = (version >= 2 && hint > 0).then_some(hint);
+    Ok(Decoded::Done(Response::Refused { status, reason, retry_after_ms }, total))
 }
 
 /// Compares the magic against however many bytes have arrived.
@@ -260,11 +323,7 @@ mod tests {
 
     #[test]
     fn request_round_trip() {
-        for req in [
-            Request { offset: 0, token: None },
-            Request { offset: u64::MAX, token: Some([7; 32]) },
-            Request { offset: 1 << 33, token: None },
-        ] {
+        for req in [Request::v1(0, None), Request::new(u64::MAX, Some([7; 32])), Request::new(1 << 33, None)] {
             let wire = encode_request(&req);
             assert_eq!(decode_request(&wire), Ok(Decoded::Done(req, REQUEST_LEN)));
         }
@@ -272,7 +331,7 @@ mod tests {
 
     #[test]
     fn request_needs_more_at_every_prefix() {
-        let wire = encode_request(&Request { offset: 5, token: None });
+        let wire = encode_request(&Request::new(5, None));
         for n in 0..REQUEST_LEN {
             assert_eq!(decode_request(&wire[..n]), Ok(Decoded::NeedMore(REQUEST_LEN - n)), "prefix {n}");
         }
@@ -280,21 +339,23 @@ mod tests {
 
     #[test]
     fn request_extra_bytes_are_not_consumed() {
-        let mut wire = encode_request(&Request { offset: 0, token: None }).to_vec();
+        let mut wire = encode_request(&Request::v1(0, None)).to_vec();
         wire.extend_from_slice(b"trailing");
         assert!(matches!(decode_request(&wire), Ok(Decoded::Done(_, REQUEST_LEN))));
     }
 
     #[test]
     fn request_malformed() {
-        let good = encode_request(&Request { offset: 0, token: None });
+        let good = encode_request(&Request::v1(0, None));
         assert_eq!(decode_request(b"GET / HTTP/1.1\r\n"), Err(DecodeError::BadMagic));
         assert_eq!(decode_request(b"HEAD"), Err(DecodeError::BadMagic));
         assert_eq!(decode_request(&[0x16, 3, 1]), Err(DecodeError::BadMagic));
         assert_eq!(decode_request(&[0xF0, b'X', b'F', b'R']), Err(DecodeError::BadMagic));
         let mut v = good;
-        v[4] = 2;
-        assert_eq!(decode_request(&v[..5]), Err(DecodeError::UnsupportedVersion(2)));
+        v[4] = 3;
+        assert_eq!(decode_request(&v[..5]), Err(DecodeError::UnsupportedVersion(3)));
+        v[4] = 0;
+        assert_eq!(decode_request(&v[..5]), Err(DecodeError::UnsupportedVersion(0)));
         let mut f = good;
         f[5] = 0x80;
         assert_eq!(decode_request(&f), Err(DecodeError::UnknownFlags(0x80)));
@@ -310,7 +371,10 @@ mod tests {
     fn ok_header_round_trip() {
         let digest = *blake3::hash(b"abc").as_bytes();
         let wire = encode_ok(u64::MAX, &digest);
-        assert_eq!(decode_response(&wire), Ok(Decoded::Done(Response::Ok { size: u64::MAX, digest }, HEADER_LEN)));
+        assert_eq!(
+            decode_response(&wire),
+            Ok(Decoded::Done(Response::Ok { size: u64::MAX, digest, name: None }, HEADER_LEN))
+        );
         for n in 0..HEADER_LEN {
             assert_eq!(decode_response(&wire[..n]), Ok(Decoded::NeedMore(HEADER_LEN - n)));
         }
@@ -318,13 +382,16 @@ mod tests {
 
     #[test]
     fn refusal_round_trip_and_truncation() {
-        let mut buf = [0u8; HEADER_LEN + MAX_REASON];
+        let mut buf = [0u8; MAX_RESPONSE_HEAD];
         let n = encode_refusal(Status::Busy, "too many", &mut buf);
         assert_eq!(n, HEADER_LEN + 8);
         assert_eq!(decode_response(&buf[..n - 1]), Ok(Decoded::NeedMore(1)));
         assert_eq!(
             decode_response(&buf[..n]),
-            Ok(Decoded::Done(Response::Refused { status: Status::Busy, reason: "too many".into() }, n))
+            Ok(Decoded::Done(
+                Response::Refused { status: Status::Busy, reason: "too many".into(), retry_after_ms: None },
+                n
+            ))
         );
         // A long reason is cut at a character boundary, never mid-character.
         let long = "é".repeat(200);
@@ -360,6 +427,39 @@ mod tests {
         let mut m = ok;
         m[5] = 4;
         assert_eq!(decode_response(&m), Err(DecodeError::MissingReason(4)));
+    }
+
+    #[test]
+    fn version_2_names_the_file_and_hints_at_retries() {
+        let digest = *blake3::hash(b"abc").as_bytes();
+        let mut buf = [0u8; MAX_RESPONSE_HEAD];
+        let n = encode_ok_in(VERSION, 77, &digest, b"report.pdf", &mut buf);
+        assert_eq!(n, HEADER_LEN + 10);
+        for cut in 0..n {
+            assert!(matches!(decode_response(&buf[..cut]), Ok(Decoded::NeedMore(_))), "prefix {cut}");
+        }
+        let name = Some(b"report.pdf".to_vec());
+        assert_eq!(decode_response(&buf[..n]), Ok(Decoded::Done(Response::Ok { size: 77, digest, name }, n)));
+        // A version 1 client gets no name; the bytes are exactly version 1's.
+        assert_eq!(encode_ok_in(V1, 77, &digest, b"report.pdf", &mut buf), HEADER_LEN);
+        assert_eq!(buf[..HEADER_LEN], encode_ok(77, &digest));
+        // Names are cut to what one length byte can say.
+        let long = vec![b'x'; 300];
+        assert_eq!(encode_ok_in(VERSION, 1, &digest, &long, &mut buf), MAX_RESPONSE_HEAD);
+        let n = encode_refusal_in(VERSION, Status::Busy, "busy", Some(1500), &mut buf);
+        assert_eq!(
+            decode_response(&buf[..n]),
+            Ok(Decoded::Done(
+                Response::Refused { status: Status::Busy, reason: "busy".into(), retry_after_ms: Some(1500) },
+                n
+            ))
+        );
+        // Version 1 refusals never carry a hint (old clients ignore the field anyway).
+        let n = encode_refusal_in(V1, Status::Busy, "busy", Some(1500), &mut buf);
+        assert!(matches!(
+            decode_response(&buf[..n]),
+            Ok(Decoded::Done(Response::Refused { retry_after_ms: None, .. }, _))
+        ));
     }
 
     #[test]
@@ -415,17 +515,17 @@ mod tests {
 
         #[test]
         fn request_round_trips(offset in any::<u64>(), token in proptest::option::of(proptest::array::uniform32(any::<u8>()))) {
-            let req = Request { offset, token };
+            let req = Request { version: if offset % 2 == 0 { V1 } else { VERSION }, offset, token };
             prop_assert_eq!(decode_request(&encode_request(&req)), Ok(Decoded::Done(req, REQUEST_LEN)));
         }
 
         #[test]
         fn refusal_reason_round_trips(code in 1..=255u8, reason in "[a-z ]{1,255}") {
-            let mut buf = [0u8; HEADER_LEN + MAX_REASON];
+            let mut buf = [0u8; MAX_RESPONSE_HEAD];
             let n = encode_refusal(Status::from_code(code), &reason, &mut buf);
             prop_assert_eq!(
                 decode_response(&buf[..n]),
-                Ok(Decoded::Done(Response::Refused { status: Status::from_code(code), reason: reason.clone() }, n))
+                Ok(Decoded::Done(Response::Refused { status: Status::from_code(code), reason: reason.clone(), retry_after_ms: None }, n))
             );
         }
     }

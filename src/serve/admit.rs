@@ -67,6 +67,15 @@ impl Refusal {
         }
     }
 
+    /// When the client may usefully try again, if it may at all.
+    pub fn retry_after(self) -> Option<std::time::Duration> {
+        match self {
+            Refusal::Busy | Refusal::BusyFromYou | Refusal::Changing => Some(Duration::from_secs(1)),
+            Refusal::Paused => Some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+
     /// The text the client is shown, and the server logs.
     pub fn reason(self) -> &'static str {
         match self {

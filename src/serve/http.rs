@@ -493,11 +493,11 @@ fn write_head(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, body_len
             text_type(o, body_len)?;
         }
         Kind::Refused(why) => {
-            match why {
-                Refusal::BadToken => o.write_str("WWW-Authenticate: Bearer realm=\"xfer\"\r\n")?,
-                Refusal::Forbidden => {}
-                Refusal::Paused => o.write_str("Retry-After: 5\r\n")?,
-                _ => o.write_str("Retry-After: 1\r\n")?,
+            if why == Refusal::BadToken {
+                o.write_str("WWW-Authenticate: Bearer realm=\"xfer\"\r\n")?;
+            }
+            if let Some(after) = why.retry_after() {
+                write!(o, "Retry-After: {}\r\n", after.as_secs())?;
             }
             text_type(o, body_len)?;
         }

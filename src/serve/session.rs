@@ -68,7 +68,7 @@ impl Head {
     /// The refusal this head carries, if it is one.
     fn refusal(&self) -> Option<Refusal> {
         match self {
-            Head::Xfer(xfer::Head::Refused(why)) => Some(*why),
+            Head::Xfer(xfer::Head::Refused { why, .. }) => Some(*why),
             Head::Http(http::Head { kind: http::Kind::Refused(why), .. }) => Some(*why),
             _ => None,
         }
@@ -361,7 +361,7 @@ impl Server {
         let (head, body) = match incoming.parse() {
             xfer::Parsed::NeedMore => return None,
             xfer::Parsed::NotOurs => return Some(finish(s, Outcome::NotOurs)),
-            xfer::Parsed::Malformed(why) => (xfer::Head::Refused(why), 0..0),
+            xfer::Parsed::Malformed(why, version) => (xfer::Head::Refused { why, version }, 0..0),
             xfer::Parsed::Request(req) => xfer::decide(&req, refuse, &s.snap, &self.admission),
         };
         s.reply(Head::Xfer(head), body, &self.http, now);
@@ -480,8 +480,12 @@ impl Service for Server {
                 http::render(&reply, &snap, &self.http, &mut head)
             }
             Some(Protocol::Unknown) => 0,
-            // Nothing yet (or the native magic): answer natively, as before HTTP was spoken.
-            _ => xfer::render(xfer::Head::Refused(why), &snap, &mut head),
+            // Nothing yet (or the native magic): answer natively, in the version of the
+            // request when it is here, else in version 1, which every client reads.
+            _ => {
+                let version = self.inbox.get(4).copied().filter(|v| got > 4 && (1..=2).contains(v)).unwrap_or(1);
+                xfer::render(xfer::Head::Refused { why, version }, &snap, &mut head)
+            }
         };
         // A fresh socket's send buffer takes these few bytes whole; if not, the client
         // sees the connection close, which is all we can afford under a flood.
@@ -720,7 +724,7 @@ mod tests {
     }
 
     fn req() -> [u8; REQUEST_LEN] {
-        wire::encode_request(&wire::Request { offset: 0, token: None })
+        wire::encode_request(&wire::Request::v1(0, None))
     }
 
     #[test]
@@ -789,13 +793,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let good = wire::encode_request(&wire::Request { offset: 0, token: Some(*blake3::hash(b"secret").as_bytes()) });
+        let good = wire::encode_request(&wire::Request::v1(0, Some(*blake3::hash(b"secret").as_bytes())));
         let (got, _) = serve_through(b"data", 5, 1 << 20, p, &good);
         assert_eq!(got, expected(b"data"));
 
-        let mut v2 = req();
-        v2[4] = 2;
-        let (got, s) = serve_through(b"data", 64, 1 << 20, policy(), &v2);
+        let mut v3 = req();
+        v3[4] = 3;
+        let (got, s) = serve_through(b"data", 64, 1 << 20, policy(), &v3);
         assert!(matches!(s.outcome, Outcome::Refused(Refusal::UnsupportedVersion)));
         assert!(matches!(
             wire::decode_response(&got),
@@ -826,11 +830,11 @@ mod tests {
     #[test]
     fn offsets_serve_the_tail() {
         let data: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
-        let r = wire::encode_request(&wire::Request { offset: 123_457, token: None });
+        let r = wire::encode_request(&wire::Request::v1(123_457, None));
         let (got, _) = serve_through(&data, 4096, 1 << 20, policy(), &r);
         assert_eq!(&got[..HEADER_LEN], &expected(&data)[..HEADER_LEN]);
         assert!(got[HEADER_LEN..] == data[123_457..]);
-        let past = wire::encode_request(&wire::Request { offset: 300_001, token: None });
+        let past = wire::encode_request(&wire::Request::v1(300_001, None));
         let (_, s) = serve_through(&data, 4096, 1 << 20, policy(), &past);
         assert!(matches!(s.outcome, Outcome::Refused(Refusal::BadOffset)));
     }

@@ -24,8 +24,8 @@ pub struct Incoming {
 pub enum Parsed {
     NeedMore,
     Request(wire::Request),
-    /// Our protocol, but not a request we can serve.
-    Malformed(Refusal),
+    /// Our protocol, but not a request we can serve: refuse it, in this version.
+    Malformed(Refusal, u8),
     /// Not our protocol at all: close without an answer.
     NotOurs,
 }
@@ -54,19 +54,22 @@ impl Incoming {
             Ok(Decoded::NeedMore(_)) => Parsed::NeedMore,
             Ok(Decoded::Done(req, _)) => Parsed::Request(req),
             Err(DecodeError::BadMagic) => Parsed::NotOurs,
-            Err(DecodeError::UnsupportedVersion(_)) => Parsed::Malformed(Refusal::UnsupportedVersion),
-            Err(_) => Parsed::Malformed(Refusal::BadRequest),
+            // Told in version 1, which every client reads.
+            Err(DecodeError::UnsupportedVersion(_)) => Parsed::Malformed(Refusal::UnsupportedVersion, wire::V1),
+            Err(_) => Parsed::Malformed(Refusal::BadRequest, self.buf[4]),
         }
     }
 }
 
-/// What a native reply begins with.
+/// What a native reply begins with, in the version the client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Head {
-    /// The success header: the snapshot's size and digest. The body follows.
-    Ok,
-    /// A refusal header and its reason; nothing follows.
-    Refused(Refusal),
+    /// The success header: the snapshot's size and digest (and from version 2 its name).
+    /// The body follows.
+    Ok { version: u8 },
+    /// A refusal header and its reason (and from version 2 when to try again); nothing
+    /// follows.
+    Refused { why: Refusal, version: u8 },
 }
 
 /// Decides the reply to a whole request: the head, and the byte range of the snapshot
@@ -83,25 +86,24 @@ pub fn decide(
             .check_token(req.token.as_ref())
             .and_then(|()| if req.offset > snap.size() { Err(Refusal::BadOffset) } else { Ok(req.offset) }),
     };
+    let version = req.version;
     match verdict {
-        Ok(offset) => (Head::Ok, offset..snap.size()),
-        Err(why) => (Head::Refused(why), 0..0),
+        Ok(offset) => (Head::Ok { version }, offset..snap.size()),
+        Err(why) => (Head::Refused { why, version }, 0..0),
     }
 }
 
-/// Renders the head into `out` (at least [`wire::HEADER_LEN`] + [`wire::MAX_REASON`]
-/// bytes); returns its length. The same head and snapshot always give the same bytes.
+/// Renders the head into `out` (at least [`wire::MAX_RESPONSE_HEAD`] bytes); returns its
+/// length. The same head and snapshot always give the same bytes.
 pub fn render(head: Head, snap: &Snapshot, out: &mut [u8]) -> usize {
-    match head {
-        Head::Ok => {
-            out[..wire::HEADER_LEN].copy_from_slice(&wire::encode_ok(snap.size(), snap.digest()));
-            wire::HEADER_LEN
+    let mut buf = [0u8; wire::MAX_RESPONSE_HEAD];
+    let n = match head {
+        Head::Ok { version } => wire::encode_ok_in(version, snap.size(), snap.digest(), snap.name(), &mut buf),
+        Head::Refused { why, version } => {
+            let hint = why.retry_after().map(|d| d.as_millis() as u64);
+            wire::encode_refusal_in(version, why.status(), why.reason(), hint, &mut buf)
         }
-        Head::Refused(why) => {
-            let mut wire_buf = [0u8; wire::HEADER_LEN + wire::MAX_REASON];
-            let n = wire::encode_refusal(why.status(), why.reason(), &mut wire_buf);
-            out[..n].copy_from_slice(&wire_buf[..n]);
-            n
-        }
-    }
+    };
+    out[..n].copy_from_slice(&buf[..n]);
+    n
 }

@@ -44,12 +44,13 @@ pub fn reset(s: TcpStream) {
     drop(s);
 }
 
-/// A protocol request (offset 0, optional token digest).
+/// A protocol request in version 1, as older clients send (offset 0, optional token
+/// digest): the server must keep answering those exactly as it always has.
 pub fn request(token: Option<&str>) -> [u8; encoding::xfer::REQUEST_LEN] {
-    encoding::xfer::encode_request(&encoding::xfer::Request {
-        offset: 0,
-        token: token.map(|t| *blake3::hash(t.as_bytes()).as_bytes()),
-    })
+    encoding::xfer::encode_request(&encoding::xfer::Request::v1(
+        0,
+        token.map(|t| *blake3::hash(t.as_bytes()).as_bytes()),
+    ))
 }
 
 /// The whole response a good server gives for `data`: header, then the bytes.
@@ -101,7 +102,7 @@ pub fn expect_refusal(addr: SocketAddr, bind: Option<IpAddr>, req: &[u8]) -> (St
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(req);
     match read_response(&mut s) {
-        Ok(Response::Refused { status, reason }) => (status, reason),
+        Ok(Response::Refused { status, reason, .. }) => (status, reason),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -356,7 +357,7 @@ impl SlowReader {
             Err(_) => panic!("{what}: slow reader did not finish within {secs} s ({} body bytes)", self.count()),
         };
         match self.header {
-            Response::Ok { size: hs, digest: hd } => {
+            Response::Ok { size: hs, digest: hd, .. } => {
                 assert_eq!(hs, size, "{what}: header size");
                 assert!(
                     hd == *want,
