@@ -104,19 +104,24 @@ struct ServeArgs {
 }
 
 #[derive(FromArgs)]
-/// Fetch the file served at HOST[:PORT] into OUTPUT_FILE, verified by its BLAKE3 digest.
-/// Nothing is written to OUTPUT_FILE unless the whole file arrived and matched; use - for stdout.
+/// Fetch the file from an xfer server (HOST[:PORT]) or any HTTP server (http://HOST[:PORT]/PATH)
+/// into OUTPUT, verified by its digest. Nothing is written to OUTPUT unless the whole file
+/// arrived and matched. An interrupted fetch keeps what it got and the same command resumes it.
 #[argh(subcommand, name = "fetch", help_triggers("-h", "--help"))]
 #[argh(note = "HOST is a name, an IPv4 address, or an IPv6 address ([::1]:4747, ::1 without a port, \
-fe80::1%eth0 with a zone). An existing OUTPUT_FILE keeps its permissions; a symbolic link is followed \
-and the file it points to is replaced; a device or FIFO is written straight into.")]
+fe80::1%eth0 with a zone). OUTPUT may be a file (an existing one keeps its permissions; a symbolic link \
+is followed and the file it points to is replaced; a device or FIFO is written straight into), - for \
+stdout, or a directory (or nothing: the current one), where the file is saved under the server's name. \
+Transient failures (busy, connection lost, timeout, HTTP 5xx) are retried with backoff, resuming \
+where the last attempt stopped.")]
 struct FetchArgs {
-    /// server as HOST, HOST:PORT or [IPV6]:PORT
+    /// server as HOST, HOST:PORT, [IPV6]:PORT, or an http:// URL
     #[argh(positional, from_str_fn(text_arg))]
     host: String,
-    /// where to write the file (its directory must exist), or - for stdout
+    /// where to write the file: a file, a directory, or - for stdout (default: the current
+    /// directory, under the server's name)
     #[argh(positional, from_str_fn(path_arg))]
-    output_file: PathBuf,
+    output: Option<PathBuf>,
     /// port, when HOST has none (default 4747)
     #[argh(option, from_str_fn(port_arg))]
     port: Option<u16>,
@@ -126,6 +131,19 @@ struct FetchArgs {
     /// access token, when the server requires one (default: $XFER_TOKEN if set)
     #[argh(option, from_str_fn(os_arg))]
     token: Option<OsString>,
+    /// the digest the file must have, ALGORITHM:HEX with blake3 or sha256 (repeatable);
+    /// checked whatever the server says
+    #[argh(option, from_str_fn(expect_arg))]
+    expect: Vec<xfer::fetch::verify::Expect>,
+    /// how many times to retry a transient failure (default 5; 0: never)
+    #[argh(option, default = "5", from_str_fn(retry_arg))]
+    retry: u32,
+    /// stop retrying once this many seconds have passed since the start (default: no bound)
+    #[argh(option, from_str_fn(secs_arg))]
+    retry_for: Option<Duration>,
+    /// never keep a partial file, and never resume one
+    #[argh(switch)]
+    no_resume: bool,
     /// no progress bar and no summary line
     #[argh(switch, short = 'q')]
     quiet: bool,
@@ -262,6 +280,17 @@ fn text_arg(s: &str) -> Result<String, String> {
     unescape_arg(s).into_string().map_err(|_| "not valid UTF-8".to_string())
 }
 
+fn expect_arg(s: &str) -> Result<xfer::fetch::verify::Expect, String> {
+    s.parse()
+}
+
+fn retry_arg(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n <= 1000 => Ok(n),
+        _ => Err("expected a whole number from 0 to 1000".to_string()),
+    }
+}
+
 fn port_arg(s: &str) -> Result<u16, String> {
     s.parse().map_err(|_| "expected a port number from 0 to 65535".to_string())
 }
@@ -358,10 +387,14 @@ fn fetch(a: FetchArgs) -> i32 {
     let opts = xfer::fetch::Options {
         target: a.host,
         port: a.port,
-        output: a.output_file,
+        output: a.output,
         timeout: a.timeout,
         token: token(a.token),
         quiet: a.quiet,
+        resume: !a.no_resume,
+        retry: a.retry,
+        retry_for: a.retry_for,
+        expect: a.expect,
     };
     match xfer::fetch::run(&opts) {
         Ok(_) => exit::OK,

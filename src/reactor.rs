@@ -44,6 +44,8 @@ const RESERVED: usize = usize::MAX - 16;
 /// Connections accepted per turn before the loop serves what it already has, so a flood of
 /// connects cannot stall running transfers.
 const ACCEPT_BATCH: usize = 256;
+/// The same, for a loop that shares its listening socket with others.
+const SHARED_ACCEPT_BATCH: usize = 16;
 /// After running out of descriptors, retry accepting this soon even if no client is freed
 /// (edge-triggered readiness will not tell us again that the backlog is not empty).
 const ACCEPT_RETRY: Duration = Duration::from_millis(200);
@@ -85,7 +87,12 @@ pub trait Service {
     fn timer(&mut self, s: &mut Self::Session, stream: &TcpStream, now: Instant) -> Timer;
     /// Periodic service-wide work while sessions exist; returns when it wants to run next.
     fn tick(&mut self, now: Instant, sessions: usize) -> Option<Instant>;
-    /// The session is being closed (finished, expired, or the server is exiting).
+    /// The session is about to be closed: what it holds of the service's limits is given
+    /// back now, before its socket goes, so a peer that sees the close and connects again
+    /// at once (to this loop or another) finds the room it left.
+    fn release(&mut self, _s: &mut Self::Session) {}
+    /// The session is being closed (finished, expired, or the server is exiting); its
+    /// socket is closed already.
     fn close(&mut self, s: Self::Session, now: Instant);
     /// SIGHUP.
     fn reload(&mut self);
@@ -150,6 +157,8 @@ pub struct Config {
     pub signals: bool,
     /// Whether Ctrl+C asks on the terminal (stdin is a terminal) instead of draining.
     pub interactive: bool,
+    /// Whether other loops accept from the same listening socket (`--threads`).
+    pub shared_listener: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +232,11 @@ impl<S: Service> Reactor<S> {
     pub fn new(listener: TcpListener, service: S, cfg: Config) -> io::Result<Reactor<S>> {
         let poll = Poll::new()?;
         let mut listener = listener;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        if cfg.shared_listener {
+            listen_exclusively(&poll, &listener, libc::EPOLL_CTL_ADD)?;
+        } else {
+            poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        }
         let signals = if cfg.signals {
             let mut s = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
             poll.registry().register(&mut s, SIGNALS, Interest::READABLE)?;
@@ -380,9 +393,12 @@ impl<S: Service> Reactor<S> {
     }
 
     /// Accepts until WouldBlock (edge-triggered), or until this turn's batch is used up.
+    /// A loop sharing the socket takes a smaller batch, so that a burst of connections is
+    /// spread over the loops rather than taken by whichever woke first.
     fn accept(&mut self, now: Instant) -> io::Result<()> {
         self.accept_retry_at = None;
-        for _ in 0..ACCEPT_BATCH {
+        let batch = if self.cfg.shared_listener { SHARED_ACCEPT_BATCH } else { ACCEPT_BATCH };
+        for _ in 0..batch {
             let Some(listener) = &self.listener else { return Ok(()) };
             match listener.accept() {
                 Ok((stream, peer)) => {
@@ -455,6 +471,7 @@ impl<S: Service> Reactor<S> {
         // the queued ones get their turn, and a small file's response fits in a slice.
         let step = self.service.drive(&mut session, &mut stream, (self.cfg.budget / 8).max(1), now);
         if step == Step::Done {
+            self.service.release(&mut session);
             drop(stream);
             self.service.close(session, now);
             return;
@@ -466,6 +483,7 @@ impl<S: Service> Reactor<S> {
         if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
         {
             crate::say!("xfer: register {peer}: {e}; dropped");
+            self.service.release(&mut session);
             drop(stream);
             self.service.close(session, now);
             return;
@@ -539,7 +557,8 @@ impl<S: Service> Reactor<S> {
     fn close(&mut self, key: usize, now: Instant) {
         // Dropping the stream closes the descriptor, which also removes it from epoll. It
         // goes before the service logs the outcome, so a log line means the socket is gone.
-        let Slot { stream, session, .. } = self.slab.remove(key);
+        let Slot { stream, mut session, .. } = self.slab.remove(key);
+        self.service.release(&mut session);
         drop(stream);
         self.service.close(session, now);
         if self.accept_retry_at.is_some() {
@@ -685,11 +704,30 @@ impl<S: Service> Reactor<S> {
         // Closing the listener makes new connects fail at once instead of waiting in a
         // backlog nobody will accept from.
         if let Some(mut l) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
+            if self.cfg.shared_listener {
+                // Explicitly: the other loops' copies keep the socket (and, without this,
+                // its registration here) alive.
+                let _ = listen_exclusively(&self.poll, &l, libc::EPOLL_CTL_DEL);
+            } else {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
         }
         self.service.pause(false);
         self.state = State::Draining { deadline: now + self.cfg.drain_timeout };
     }
+}
+
+/// Registers (or removes) a listening socket shared by several loops with EPOLLEXCLUSIVE,
+/// as nginx does: a new connection wakes one waiting loop, not all of them, and a loop
+/// busy serving leaves the next connection to an idle one. mio has no word for the flag,
+/// so this one registration goes to epoll directly, under the token mio reports it by.
+/// Level-triggered: a loop that stops short of WouldBlock is told again.
+fn listen_exclusively(poll: &Poll, l: &TcpListener, op: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32, u64: LISTENER.0 as u64 };
+    // SAFETY: both descriptors are open for the call; `ev` is a valid epoll_event.
+    let r = unsafe { libc::epoll_ctl(poll.as_raw_fd(), op, l.as_raw_fd(), &mut ev) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// "1 transfer", "3 transfers".

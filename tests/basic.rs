@@ -452,7 +452,6 @@ fn help_and_usage_errors() {
         vec!["serve", fs, "--port", "notaport"],
         vec!["serve", fs, "--port", "70000"],
         vec!["fetch"],
-        vec!["fetch", "127.0.0.1:1"],
         vec!["fetch", "127.0.0.1:1", os, "--bogus"],
         vec!["fetch", "127.0.0.1:1", os, "--port", "99999"],
     ] {

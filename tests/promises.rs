@@ -118,7 +118,9 @@ fn fetch_to_stdout_still_verifies_a_flipped_bit_exits_4() {
     let path = write_file(dir.path(), "f.bin", &data);
     let server = Server::start(&path, &[]);
     let at = 2 * MIB as usize + 5;
-    let proxy = Proxy::start(server.addr, Plan::down(48 + at as u64, Action::Flip(3)));
+    // fetch speaks version 2: the header, then the file's name, then the body.
+    let head = 48 + "f.bin".len() as u64;
+    let proxy = Proxy::start(server.addr, Plan::down(head + at as u64, Action::Flip(3)));
     let cwd = tempdir();
     let res = fetch_to_stdout(&proxy.target(), cwd.path(), &["--timeout", "5"]);
     assert_eq!(proxy.fired(), 1, "the bit was not flipped");

@@ -252,13 +252,28 @@ pub fn run_xfer(args: &[&str], secs: u64) -> Output {
     run_with_timeout(&mut cmd, secs)
 }
 
-/// `xfer fetch TARGET OUT EXTRA...` (without `XFER_TOKEN`), killed after 60 s.
+/// `xfer fetch TARGET OUT --retry 0 --no-resume EXTRA...` (without `XFER_TOKEN`), killed
+/// after 60 s: one attempt that keeps nothing, whose every failure the caller sees as it
+/// is. Retrying and resuming, fetch's defaults, are tested with [`fetch_default`].
 pub fn fetch(target: &str, out: &Path, extra: &[&str]) -> Output {
     run_with_timeout(&mut fetch_command(target, out, extra), 60)
 }
 
 /// The command `fetch` runs.
 pub fn fetch_command(target: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = fetch_default_command(target, out, &["--retry", "0", "--no-resume"]);
+    cmd.args(extra);
+    cmd
+}
+
+#[allow(dead_code)] // used by the resume tests
+/// `xfer fetch TARGET OUT EXTRA...` with fetch's own defaults (retries, resuming).
+pub fn fetch_default(target: &str, out: &Path, extra: &[&str]) -> Output {
+    run_with_timeout(&mut fetch_default_command(target, out, extra), 120)
+}
+
+/// The command `fetch_default` runs.
+pub fn fetch_default_command(target: &str, out: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(bin());
     cmd.arg("fetch").arg(target).arg(out).args(extra).env_remove("XFER_TOKEN");
     cmd

@@ -2,31 +2,79 @@
 //!
 //! - A regular file (new or existing) gets a temporary file beside it, which is renamed
 //!   over it only once the digest matched. An existing file's permissions (and owner, when
-//!   we are root) carry over to the new one; a new file gets the usual umask mode.
+//!   we are root) carry over to the new one; a new file gets the usual umask mode. With
+//!   resuming on (the default), the temporary file is the stable partial `.NAME.xfer.part`
+//!   (see `partial`): kept when a transfer that can be resumed fails, found again by the
+//!   same command, and locked while in use.
 //! - A symbolic link is followed: the link stays, and the file it points to is replaced,
 //!   with the temporary file beside that file (a rename never crosses a file system).
 //! - An existing device or FIFO is never renamed over: the bytes are written straight
 //!   into it, as to stdout, and the digest is still checked (a mismatch still fails).
 //! - `-` is stdout.
+//! - A directory (or a path ending in `/`, or no output at all: the current directory):
+//!   the file is saved there under the name the server gives, made safe first.
 //!
-//! Owns the temporary file's life: it is removed on every failure, and on SIGINT, SIGTERM
-//! and SIGHUP (closing the terminal). It must never know the wire format.
+//! Owns the temporary file's life: on a failure, and on SIGINT, SIGTERM and SIGHUP, it is
+//! removed, or kept when it can be resumed. It must never know the wire format.
 
+use std::ffi::OsString;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::FetchError;
+use super::partial::{self, Record};
 
-/// Path of the temporary file being written, for the signal handler to remove. Holding the
-/// lock across the final rename makes "removed" and "renamed" mutually exclusive.
-static PENDING: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// What the signal handler must do about the file being written. Holding the lock across
+/// the final rename makes "handled" and "renamed" mutually exclusive.
+struct Pending {
+    path: PathBuf,
+    info: Option<PathBuf>,
+    /// A partial whose record is written: keep it, it can be resumed.
+    keep: bool,
+}
+
+static PENDING: Mutex<Option<Pending>> = Mutex::new(None);
+
+fn pending() -> std::sync::MutexGuard<'static, Option<Pending>> {
+    PENDING.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Symbolic links followed at most (the kernel's own limit, MAXSYMLINKS).
 const MAX_LINKS: usize = 40;
+
+/// What the command line asked for, before anything is known of the file.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    Stdout,
+    /// A file (or device, FIFO, link): its name is the user's.
+    Path(PathBuf),
+    /// A directory: the name is the server's.
+    Dir(PathBuf),
+}
+
+impl Plan {
+    /// Reads the output argument (`None`: the current directory) and checks what can be
+    /// checked before the network: a typo should not cost a transfer.
+    pub fn new(out: Option<&Path>) -> Result<Plan, FetchError> {
+        let Some(out) = out else { return Ok(Plan::Dir(PathBuf::from("."))) };
+        if out.as_os_str().is_empty() {
+            return Err(FetchError::EmptyOutput);
+        }
+        if out.as_os_str() == "-" {
+            return Ok(Plan::Stdout);
+        }
+        let slash = out.as_os_str().as_bytes().ends_with(b"/");
+        match std::fs::metadata(out) {
+            Ok(m) if m.is_dir() => Ok(Plan::Dir(out.to_path_buf())),
+            _ if slash => Err(FetchError::NoOutputDir(out.to_path_buf())),
+            _ => Ok(Plan::Path(out.to_path_buf())),
+        }
+    }
+}
 
 /// Where the body goes.
 pub enum Output {
@@ -37,22 +85,32 @@ pub enum Output {
         file: File,
     },
     /// A regular file, replaced atomically once verified.
-    Atomic(Temp),
+    Atomic(Box<Temp>),
 }
 
-/// The temporary file beside the target; removed on drop unless committed.
+/// The temporary file (or partial) beside the target; removed on drop unless committed or
+/// kept.
 pub struct Temp {
     /// The file that will be replaced (a symbolic link's target, not the link).
     target: PathBuf,
     path: PathBuf,
+    /// The partial's record, when resuming is on.
+    info: Option<PathBuf>,
     file: Option<File>,
+    /// The record found beside an existing partial (resuming is possible from it).
+    found: Option<Record>,
+    /// The record written for this attempt: the partial can be kept.
+    written: bool,
+    keep: bool,
     committed: bool,
 }
 
 impl Output {
     /// Checks the output path and gets it ready: opens the device or FIFO, or creates the
-    /// temporary file. Fails before any network traffic on anything that would fail later.
-    pub fn prepare(out: &Path) -> Result<Output, FetchError> {
+    /// temporary file (with `resume`, this source's key: opens and locks the stable partial,
+    /// and reads its record). Fails before any network traffic on anything that would
+    /// fail later.
+    pub fn prepare(out: &Path, resume: Option<&str>) -> Result<Output, FetchError> {
         if out.as_os_str().is_empty() {
             return Err(FetchError::EmptyOutput);
         }
@@ -67,10 +125,10 @@ impl Output {
         }
         let target = follow_links(out)?;
         match std::fs::symlink_metadata(&target) {
-            Ok(m) => existing(out, target, &m),
+            Ok(m) => existing(out, target, &m, resume),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 check_new(&target)?;
-                Ok(Output::Atomic(Temp::create(target, None)?))
+                Ok(Output::Atomic(Box::new(Temp::create(target, None, resume)?)))
             }
             Err(e) => Err(path_error(&target, e)),
         }
@@ -101,17 +159,24 @@ impl Output {
         }
     }
 
+    pub fn temp(&mut self) -> Option<&mut Temp> {
+        match self {
+            Output::Atomic(t) => Some(&mut **t),
+            _ => None,
+        }
+    }
+
     /// Makes a verified file permanent: sync, rename over the target, sync the directory.
     pub fn commit(self) -> Result<(), FetchError> {
         match self {
             Output::Stdout | Output::Direct { .. } => Ok(()),
-            Output::Atomic(t) => t.commit(),
+            Output::Atomic(t) => (*t).commit(),
         }
     }
 }
 
 /// What the receiver writes into (a second handle on the output, so that the writer thread
-/// owns it).
+/// owns it). A temporary file is written at positions, after a resumed prefix.
 pub enum Writer {
     Temp(File),
     Stream(File),
@@ -119,13 +184,13 @@ pub enum Writer {
 }
 
 /// An output that exists already.
-fn existing(out: &Path, target: PathBuf, m: &Metadata) -> Result<Output, FetchError> {
+fn existing(out: &Path, target: PathBuf, m: &Metadata, resume: Option<&str>) -> Result<Output, FetchError> {
     let ft = m.file_type();
     if ft.is_dir() {
         return Err(FetchError::OutputIsDir(out.to_path_buf()));
     }
     if ft.is_file() {
-        return Ok(Output::Atomic(Temp::create(target, Some(m))?));
+        return Ok(Output::Atomic(Box::new(Temp::create(target, Some(m), resume)?)));
     }
     if ft.is_socket() {
         return Err(FetchError::BadOutput { path: target, why: "is a socket, which cannot be written to" });
@@ -188,38 +253,157 @@ fn parent_dir(p: &Path) -> &Path {
     p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
+/// A file name from the network made safe to save under: its last `/`-separated part,
+/// which must not be empty, `.`, `..`, hidden (a leading `.` could aim at a dotfile such
+/// as `.bashrc`), hold a control character, or be longer than a file system takes.
+pub fn safe_name(raw: &[u8]) -> Result<OsString, &'static str> {
+    let base = raw.rsplit(|&b| b == b'/').next().unwrap_or(raw);
+    if base.is_empty() || base == b"." || base == b".." {
+        return Err("it is empty or a directory name");
+    }
+    if base.starts_with(b".") {
+        return Err("it names a hidden file");
+    }
+    if base.len() > 255 {
+        return Err("it is longer than 255 bytes");
+    }
+    let text = String::from_utf8_lossy(base);
+    if base.iter().any(|&b| b < 0x20 || b == 0x7f) || text.chars().any(char::is_control) {
+        return Err("it holds control characters");
+    }
+    Ok(OsString::from_vec(base.to_vec()))
+}
+
 impl Temp {
     /// Creates the temporary file beside `target`, with the old file's mode (and owner,
-    /// as root) when there is one: the partial copy of a private file is private too.
-    fn create(target: PathBuf, old: Option<&Metadata>) -> Result<Temp, FetchError> {
-        let dir = parent_dir(&target).to_path_buf();
-        let name = target.file_name().ok_or_else(|| FetchError::OutputIsDir(target.clone()))?;
+    /// as root) when there is one: the partial copy of a private file is private too. With
+    /// `resume` (this source's key), it is the stable, locked partial, and a record left by
+    /// an earlier attempt from the same source is read.
+    fn create(target: PathBuf, old: Option<&Metadata>, resume: Option<&str>) -> Result<Temp, FetchError> {
+        let mode = old.map_or(0o666, |m| m.mode() & 0o777);
+        let (path, file, info) = match resume {
+            Some(_) => {
+                let (path, info) = partial::paths(&target);
+                let mut pending = pending();
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(mode)
+                    .open(&path)
+                    .map_err(|e| path_error(&path, e))?;
+                if !partial::lock(&file).map_err(|e| path_error(&path, e))? {
+                    return Err(FetchError::Locked(target));
+                }
+                *pending = Some(Pending { path: path.clone(), info: Some(info.clone()), keep: false });
+                (path, file, Some(info))
+            }
+            None => Temp::unique(&target, mode)?,
+        };
+        let found = match (&info, resume) {
+            (Some(i), Some(key)) => partial::read_record(i).filter(|r| r.source == key && r.resumable()),
+            _ => None,
+        };
+        let mut temp =
+            Temp { target, path, info, file: Some(file), found, written: false, keep: false, committed: false };
+        if temp.found.is_none() {
+            // Bytes without a record of what they are cannot be trusted: start afresh.
+            temp.truncate(0)?;
+        }
+        if let Some(m) = old {
+            temp.take_attributes(m)?;
+        }
+        Ok(temp)
+    }
+
+    /// A temporary file of this process's own (resuming off): never kept.
+    fn unique(target: &Path, mode: u32) -> Result<(PathBuf, File, Option<PathBuf>), FetchError> {
+        let dir = parent_dir(target);
+        let name = target.file_name().ok_or_else(|| FetchError::OutputIsDir(target.to_path_buf()))?;
         // Keep the temporary name within NAME_MAX however long the output name is.
         let mut stem = name.as_bytes().to_vec();
-        if stem.len() > 200 {
-            stem.truncate(200);
-        }
+        stem.truncate(200);
         let stem = String::from_utf8_lossy(&stem).into_owned();
         let pid = std::process::id();
         for n in 0..100u32 {
             let path = dir.join(format!(".{stem}.xfer-{pid}-{n}.part"));
-            let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-            let mode = old.map_or(0o666, |m| m.mode() & 0o777);
+            let mut pending = pending();
             match OpenOptions::new().write(true).create_new(true).mode(mode).open(&path) {
                 Ok(file) => {
-                    *pending = Some(path.clone());
-                    drop(pending);
-                    let temp = Temp { target, path, file: Some(file), committed: false };
-                    if let Some(m) = old {
-                        temp.take_attributes(m)?;
-                    }
-                    return Ok(temp);
+                    *pending = Some(Pending { path: path.clone(), info: None, keep: false });
+                    return Ok((path, file, None));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(path_error(&path, e)),
             }
         }
-        Err(path_error(&dir, io::Error::other("no free temporary name")))
+        Err(path_error(dir, io::Error::other("no free temporary name")))
+    }
+
+    /// The file this temporary file will become.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Where an earlier attempt left off: the partial's length and what it is a prefix of.
+    pub fn resume_point(&self) -> Option<(u64, &Record)> {
+        let len = self.file.as_ref()?.metadata().ok()?.len();
+        self.found.as_ref().filter(|_| len > 0).map(|r| (len, r))
+    }
+
+    /// Starts this attempt's bytes at `offset` (the prefix before it is kept; anything
+    /// after it goes), and records what they are part of, so that they can be kept.
+    pub fn begin(&mut self, offset: u64, record: Option<Record>) -> Result<(), FetchError> {
+        self.truncate(offset)?;
+        self.found = None;
+        if let (Some(info), Some(r)) = (&self.info, record.filter(Record::resumable)) {
+            partial::write_record(info, &r).map_err(|e| path_error(info, e))?;
+            self.written = true;
+            self.found = Some(r);
+            if let Some(p) = pending().as_mut() {
+                p.keep = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops what an earlier attempt left (its prefix turned out wrong, or belongs to
+    /// another version of the file).
+    pub fn discard(&mut self) -> Result<(), FetchError> {
+        self.found = None;
+        self.written = false;
+        if let Some(p) = pending().as_mut() {
+            p.keep = false;
+        }
+        if let Some(info) = &self.info {
+            let _ = std::fs::remove_file(info);
+        }
+        self.truncate(0)
+    }
+
+    /// Keeps the partial after a failure that can be resumed; returns its length, or
+    /// `None` when there is nothing worth keeping (no record, no byte).
+    pub fn keep(&mut self) -> Option<u64> {
+        let len = self.file.as_ref()?.metadata().ok()?.len();
+        if self.written && len > 0 {
+            self.keep = true;
+            Some(len)
+        } else {
+            None
+        }
+    }
+
+    /// The partial's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn truncate(&mut self, len: u64) -> Result<(), FetchError> {
+        if let Some(f) = &self.file {
+            f.set_len(len).map_err(|e| path_error(&self.path, e))?;
+        }
+        Ok(())
     }
 
     /// Gives the temporary file the old file's owner (only root may) and exact mode (the
@@ -243,12 +427,17 @@ impl Temp {
     fn commit(mut self) -> Result<(), FetchError> {
         let file = self.file.take().expect("committed once");
         file.sync_all().map_err(|e| path_error(&self.path, e))?;
-        drop(file);
         {
-            let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = pending();
             std::fs::rename(&self.path, &self.target).map_err(|e| path_error(&self.target, e))?;
             *pending = None;
             self.committed = true;
+        }
+        // The lock goes with the descriptor, after the rename: no other fetch could take
+        // the partial in between.
+        drop(file);
+        if let Some(info) = &self.info {
+            let _ = std::fs::remove_file(info);
         }
         let dir = parent_dir(&self.target);
         // The rename is only durable once the directory is; a failure here is reported
@@ -259,17 +448,24 @@ impl Temp {
 
 impl Drop for Temp {
     fn drop(&mut self) {
-        if !self.committed {
-            let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = std::fs::remove_file(&self.path);
-            *pending = None;
+        if self.committed {
+            return;
         }
+        let mut pending = pending();
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+            if let Some(info) = &self.info {
+                let _ = std::fs::remove_file(info);
+            }
+        }
+        *pending = None;
     }
 }
 
-/// On SIGINT, SIGTERM or SIGHUP: removes the temporary file, says so, and exits with
-/// 128 + the signal's number, as a shell reports a process killed by it.
-pub fn install_signal_cleanup(output_name: PathBuf) {
+/// On SIGINT, SIGTERM or SIGHUP: removes the temporary file, or keeps a partial that can
+/// be resumed; says so, and exits with 128 + the signal's number, as a shell reports a
+/// process killed by it.
+pub fn install_signal_cleanup() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else { return };
     std::thread::spawn(move || {
@@ -279,18 +475,45 @@ pub fn install_signal_cleanup(output_name: PathBuf) {
             SIGTERM => "SIGTERM",
             _ => "SIGHUP",
         };
-        let pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = pending();
+        let shown = |p: &Path| crate::encoding::text::path(p);
         match pending.as_ref() {
-            Some(p) => {
-                let _ = std::fs::remove_file(p);
+            Some(p) if p.keep => {
+                let len = std::fs::metadata(&p.path).map_or(0, |m| m.len());
                 crate::say!(
-                    "\nxfer: fetch: interrupted ({name}); nothing written to {}",
-                    crate::encoding::text::path(&output_name)
+                    "\nxfer: fetch: interrupted ({name}); kept {} in {}; run the same command again to resume",
+                    crate::human_bytes(len),
+                    shown(&p.path)
                 );
+            }
+            Some(p) => {
+                let _ = std::fs::remove_file(&p.path);
+                if let Some(info) = &p.info {
+                    let _ = std::fs::remove_file(info);
+                }
+                crate::say!("\nxfer: fetch: interrupted ({name}); nothing written");
             }
             // Already renamed into place, or writing to a stream.
             None => crate::say!("\nxfer: fetch: interrupted ({name})"),
         }
         std::process::exit(128 + sig);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_the_network() {
+        assert_eq!(safe_name(b"report.pdf").unwrap(), "report.pdf");
+        assert_eq!(safe_name(b"../../etc/passwd").unwrap(), "passwd");
+        assert_eq!(safe_name(b"a/b").unwrap(), "b");
+        assert_eq!(safe_name(b"caf\xc3\xa9 \xff.txt").unwrap(), OsString::from_vec(b"caf\xc3\xa9 \xff.txt".to_vec()));
+        for bad in
+            [&b""[..], b"..", b".", b"dir/", b".bashrc", b"a\nb", b"a\x1b[2Jb", "x\u{85}y".as_bytes(), &[b'x'; 300]]
+        {
+            assert!(safe_name(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -1,5 +1,11 @@
-//! Receiving the body: exactly `size` bytes from the socket, hashed and written on two
-//! other threads so that neither hashing nor the disk holds up the socket.
+//! Receiving the body: from the socket into the output while it is hashed, on three stages
+//! (this thread reads, one thread hashes, one writes), so that neither hashing nor the disk
+//! holds up the socket. A second hasher computes SHA-256 when something wants it.
+//!
+//! A resumed transfer starts after a prefix already on disk: the hashers first read that
+//! prefix back from the partial (BLAKE3 runs at several GB/s, so this costs little next to
+//! the network, and it overlaps with the first bytes arriving), and the writer writes at
+//! positions after it.
 //!
 //! Time: `--timeout` is the longest silence allowed, measured from the last byte received.
 //! Every receive call waits at most [`TICK`], so the silence is looked at (and the progress
@@ -7,12 +13,14 @@
 //! buffer per call (MSG_WAITALL), so the ticks cost nothing there.
 //!
 //! Nothing here is sized from the peer's length field: buffers are fixed, and a size of
-//! 2^64-1 costs nothing until bytes actually arrive. It must never know the wire format.
+//! 2^64-1 costs nothing until bytes actually arrive. It must never know the wire format
+//! beyond how the body is framed (a length, the end of the connection, or chunks).
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -20,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::output::Writer;
 use crate::encoding::Digest;
+use crate::encoding::http::Chunked;
 
 /// Size of each receive buffer, and how many are in flight between the stages.
 const BUF_SIZE: usize = 4 << 20;
@@ -32,19 +41,41 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// the network does and the final fsync only waits for the tail.
 const WRITEBACK_EVERY: u64 = 16 << 20;
 
-/// Why receiving stopped short.
+/// How the body ends.
+#[derive(Debug, Clone)]
+pub enum Framing {
+    /// Exactly this many bytes.
+    Length(u64),
+    /// When the server closes the connection (HTTP/1.0 style).
+    Close,
+    /// HTTP chunked transfer coding.
+    Chunked(Chunked),
+}
+
+/// Why receiving stopped short. Each carries the bytes of the file on disk by then
+/// (prefix included).
 #[derive(Debug)]
 pub enum Failure {
-    /// The peer closed after this many bytes.
+    /// The peer closed early.
     Closed(u64),
-    /// No byte for the whole timeout, after this many bytes.
+    /// No byte for the whole timeout.
     Silent(u64),
-    /// A socket error after this many bytes.
+    /// A socket error.
     Lost(u64, io::Error),
+    /// The body's framing made no sense.
+    Garbled(u64),
     /// Writing the output failed.
     Write(io::Error),
     /// The reader of stdout or of the FIFO went away.
     ReaderGone,
+}
+
+/// What arrived: the file's bytes in all (prefix included) and their digests.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub bytes: u64,
+    pub blake3: Digest,
+    pub sha256: Option<Digest>,
 }
 
 /// The longest silence allowed, measured from the last byte received.
@@ -62,7 +93,7 @@ impl Silence {
 
     /// Receives into `buf`, waiting for the whole of it when `all` (MSG_WAITALL), until the
     /// peer sends something, closes (0), or stays silent past the limit (`TimedOut`).
-    /// `tick` runs at least every [`TICK`] while waiting, with the bytes so far this call.
+    /// `tick` runs at least every [`TICK`] while waiting.
     pub fn recv(&mut self, stream: &TcpStream, buf: &mut [u8], all: bool, mut tick: impl FnMut()) -> io::Result<usize> {
         let flags = if all { libc::MSG_WAITALL } else { 0 };
         loop {
@@ -93,7 +124,7 @@ impl Silence {
     }
 }
 
-/// A filled receive buffer, shared by the hasher and the writer. Whoever drops the last
+/// A filled receive buffer, shared by the hashers and the writer. Whoever drops the last
 /// reference gives the buffer back to the pool, on every path, errors included: a buffer
 /// that never came back would leave the reader waiting for one forever.
 struct Chunk {
@@ -108,39 +139,72 @@ impl Drop for Chunk {
     }
 }
 
-/// Receives exactly `size` body bytes into `writer`; returns the BLAKE3 digest of what
-/// arrived. `progress` is told the byte count at least every tick while bytes arrive.
-pub fn receive(
-    stream: &TcpStream,
-    silence: &mut Silence,
-    size: u64,
-    writer: Writer,
-    progress: &mut dyn FnMut(u64),
-) -> Result<Digest, Failure> {
+/// What to receive, and into what.
+pub struct Job<'a> {
+    pub stream: &'a TcpStream,
+    pub silence: &'a mut Silence,
+    pub framing: Framing,
+    /// Body bytes already read with the head.
+    pub leftover: Vec<u8>,
+    /// Bytes of the file already on disk (a resumed partial): hashed back from `prefix`,
+    /// and the body is written after them.
+    pub start: u64,
+    pub prefix: Option<File>,
+    pub writer: Writer,
+    pub sha256: bool,
+}
+
+/// Receives the body; `progress` is told the file's byte count at least every tick while
+/// bytes arrive.
+pub fn receive(job: Job<'_>, progress: &mut dyn FnMut(u64)) -> Result<Received, Failure> {
+    let Job { stream, silence, mut framing, leftover, start, prefix, writer, sha256 } = job;
     let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(BUFS);
     for _ in 0..BUFS {
         let _ = pool_tx.send(vec![0u8; BUF_SIZE]);
     }
-    let (hash_tx, hash_rx) = sync_channel::<Arc<Chunk>>(BUFS);
+    let prefix = prefix.map(Arc::new);
+    let (b3_tx, b3_rx) = sync_channel::<Arc<Chunk>>(BUFS);
+    let blake = spawn_hasher(b3_rx, prefix.clone(), start, Box::new(Blake3(blake3::Hasher::new())));
+    let sha = sha256.then(|| {
+        let (tx, rx) = sync_channel::<Arc<Chunk>>(BUFS);
+        (tx, spawn_hasher(rx, prefix.clone(), start, Box::new(Sha256(<sha2::Sha256 as sha2::Digest>::new()))))
+    });
     let (write_tx, write_rx) = sync_channel::<Arc<Chunk>>(BUFS);
-    let hasher = spawn_hasher(hash_rx);
     let stream_output = !matches!(writer, Writer::Temp(_));
-    let writer = spawn_writer(write_rx, writer);
+    let writer = spawn_writer(write_rx, writer, start);
 
-    let mut got = 0u64;
+    let mut got = start;
+    let mut left = leftover;
     let mut failure: Option<Failure> = None;
-    while got < size {
+    loop {
+        let want = match &framing {
+            Framing::Length(n) if got - start >= *n => break,
+            Framing::Chunked(c) if c.is_done() => break,
+            Framing::Length(n) => ((start + n - got) as usize).min(BUF_SIZE),
+            _ => BUF_SIZE,
+        };
         let Ok(mut data) = pool_rx.recv() else { break };
         let mut len = 0usize;
-        let want = ((size - got) as usize).min(BUF_SIZE);
-        while len < want {
-            match silence.recv(stream, &mut data[len..want], true, || progress(got + len as u64)) {
+        let mut ended = false;
+        // Bytes that came with the head go first.
+        if !left.is_empty() {
+            let n = left.len().min(want);
+            data[..n].copy_from_slice(&left[..n]);
+            left.drain(..n);
+            len = n;
+        }
+        while len < want && left.is_empty() {
+            let all = matches!(framing, Framing::Length(_));
+            match silence.recv(stream, &mut data[len..want], all, || progress(got + len as u64)) {
                 Ok(0) => {
-                    failure = Some(Failure::Closed(got + len as u64));
+                    ended = true;
                     break;
                 }
                 Ok(n) => {
                     len += n;
+                    if !all {
+                        break;
+                    }
                     progress(got + len as u64);
                 }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -153,21 +217,48 @@ pub fn receive(
                 }
             }
         }
+        if let Framing::Chunked(c) = &mut framing {
+            match c.decode(&mut data[..len]) {
+                Ok(n) => len = n,
+                Err(_) => failure = failure.or(Some(Failure::Garbled(got))),
+            }
+        }
         got += len as u64;
+        progress(got);
         if len > 0 {
             let chunk = Arc::new(Chunk { data, len, pool: pool_tx.clone() });
             // A closed channel means that stage stopped on an error; it is reported below.
-            if hash_tx.send(chunk.clone()).is_err() || write_tx.send(chunk).is_err() {
+            let hashed =
+                b3_tx.send(chunk.clone()).is_ok() && sha.as_ref().is_none_or(|(tx, _)| tx.send(chunk.clone()).is_ok());
+            if !hashed || write_tx.send(chunk).is_err() {
                 break;
             }
         }
         if failure.is_some() {
             break;
         }
+        if ended {
+            let complete = match &framing {
+                Framing::Close => true,
+                Framing::Length(n) => got - start >= *n,
+                Framing::Chunked(c) => c.is_done(),
+            };
+            if !complete {
+                failure = Some(Failure::Closed(got));
+            }
+            break;
+        }
     }
-    drop(hash_tx);
+    drop(b3_tx);
     drop(write_tx);
-    let digest = hasher.join().unwrap_or([0; 32]);
+    let blake3 = blake.join().unwrap_or(None);
+    let sha256 = match sha {
+        Some((tx, h)) => {
+            drop(tx);
+            h.join().unwrap_or(None)
+        }
+        None => None,
+    };
     let written = writer.join().unwrap_or_else(|_| Err(io::Error::other("writer thread panicked")));
     if let Err(e) = written {
         if e.kind() == io::ErrorKind::BrokenPipe && stream_output {
@@ -175,19 +266,69 @@ pub fn receive(
         }
         return Err(Failure::Write(e));
     }
-    match failure {
-        Some(f) => Err(f),
-        None => Ok(digest),
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let Some(blake3) = blake3 else {
+        return Err(Failure::Write(io::Error::other("the resumed prefix could not be read back")));
+    };
+    Ok(Received { bytes: got, blake3, sha256 })
+}
+
+/// A hash function the hasher thread feeds.
+trait Hash: Send {
+    fn update(&mut self, data: &[u8]);
+    fn finish(self: Box<Self>) -> Digest;
+}
+
+struct Blake3(blake3::Hasher);
+
+impl Hash for Blake3 {
+    fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+    fn finish(self: Box<Self>) -> Digest {
+        *self.0.finalize().as_bytes()
     }
 }
 
-fn spawn_hasher(rx: Receiver<Arc<Chunk>>) -> JoinHandle<Digest> {
+struct Sha256(sha2::Sha256);
+
+impl Hash for Sha256 {
+    fn update(&mut self, data: &[u8]) {
+        sha2::Digest::update(&mut self.0, data);
+    }
+    fn finish(self: Box<Self>) -> Digest {
+        let mut d = [0u8; 32];
+        d.copy_from_slice(&sha2::Digest::finalize(self.0));
+        d
+    }
+}
+
+/// Hashes the resumed prefix (read back from the partial), then every chunk. `None` when
+/// the prefix could not be read.
+fn spawn_hasher(
+    rx: Receiver<Arc<Chunk>>,
+    prefix: Option<Arc<File>>,
+    start: u64,
+    mut h: Box<dyn Hash>,
+) -> JoinHandle<Option<Digest>> {
     std::thread::spawn(move || {
-        let mut h = blake3::Hasher::new();
+        if start > 0 {
+            let file = prefix?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            while off < start {
+                let n = ((start - off) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..n], off).ok()?;
+                h.update(&buf[..n]);
+                off += n as u64;
+            }
+        }
         for chunk in rx {
             h.update(&chunk.data[..chunk.len]);
         }
-        *h.finalize().as_bytes()
+        Some(h.finish())
     })
 }
 
@@ -206,9 +347,9 @@ impl Write for RawStdout {
     }
 }
 
-fn spawn_writer(rx: Receiver<Arc<Chunk>>, writer: Writer) -> JoinHandle<io::Result<()>> {
+fn spawn_writer(rx: Receiver<Arc<Chunk>>, writer: Writer, start: u64) -> JoinHandle<io::Result<()>> {
     std::thread::spawn(move || {
-        let mut written = 0u64;
+        let mut at = start;
         for chunk in rx {
             // On error, return at once: dropping the receiver drops (and so recycles) what
             // was queued, and makes the reader's next send fail, which stops it.
@@ -217,11 +358,11 @@ fn spawn_writer(rx: Receiver<Arc<Chunk>>, writer: Writer) -> JoinHandle<io::Resu
                 Writer::Stdout => RawStdout.write_all(buf)?,
                 Writer::Stream(f) => (&mut &*f).write_all(buf)?,
                 Writer::Temp(f) => {
-                    (&mut &*f).write_all(buf)?;
-                    writeback(f, written, buf.len() as u64);
+                    f.write_all_at(buf, at)?;
+                    writeback(f, at, buf.len() as u64);
                 }
             }
-            written += buf.len() as u64;
+            at += buf.len() as u64;
         }
         Ok(())
     })

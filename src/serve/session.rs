@@ -114,6 +114,8 @@ pub struct Session {
     pub(super) body_sent: u64,
     /// Counted against the client limits; otherwise counted as a refusal in progress.
     admitted: bool,
+    /// Still counted (as admitted or refusing); given back once, when its work is done.
+    counted: bool,
     pub(super) outcome: Outcome,
     /// An HTTP connection's state between requests, and what its response's log line says.
     http: Option<Box<HttpState>>,
@@ -137,6 +139,7 @@ impl Session {
             last_progress: now,
             body_sent: 0,
             admitted: refuse.is_none(),
+            counted: true,
             outcome: Outcome::Unfinished,
             http: None,
         }
@@ -412,9 +415,18 @@ impl Server {
         }
     }
 
-    /// The last byte is out: close, or linger until the peer has it all.
+    /// Gives back what the session holds of the limits (once).
+    fn release(&mut self, s: &mut Session) {
+        if std::mem::take(&mut s.counted) {
+            self.admission.leave(s.peer.ip(), s.admitted);
+        }
+    }
+
+    /// The last byte is out: close, or linger until the peer has it all. A lingering
+    /// connection no longer counts against the limits: its transfer is over.
     fn after_last_byte<C: Conn>(&mut self, s: &mut Session, conn: &mut C, now: Instant) -> Step {
         self.log_response(s);
+        self.release(s);
         match send::after_last_byte(conn, self.admission.policy.send_timeout, now) {
             AfterLast::Close => Step::Done,
             AfterLast::Linger { until, discarded } => {
@@ -547,8 +559,12 @@ impl Service for Server {
         self.versions.tick(now, sessions, idle)
     }
 
+    fn release(&mut self, s: &mut Session) {
+        Server::release(self, s);
+    }
+
     fn close(&mut self, mut s: Session, _now: Instant) {
-        self.admission.leave(s.peer.ip(), s.admitted);
+        self.release(&mut s);
         if self.admission.policy.quiet {
             return;
         }

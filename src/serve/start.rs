@@ -124,6 +124,7 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
         drain_timeout: opts.drain_timeout,
         signals: true,
         interactive: std::io::stdin().is_terminal(),
+        shared_listener: opts.threads > 1,
     };
     let clone = |l: &std::net::TcpListener| {
         l.try_clone()

@@ -915,10 +915,12 @@ fn client_bit_flip_fails_verification() {
     let (dir, data, mut server) = client_fixture(23);
     let outdir = dir.path().join("out");
     let out = outdir.join("out.bin");
+    // fetch speaks version 2: the header, then the file's name ("in.bin"), then the body.
+    let head = 48 + "in.bin".len() as u64;
     for (at, bit, codes) in [
-        (48 + 2 * MIB + 7, 3u8, &[4][..]),
-        (48 + data.len() as u64 - 1, 0, &[4][..]),
-        (48, 7, &[4][..]),
+        (head + 2 * MIB + 7, 3u8, &[4][..]),
+        (head + data.len() as u64 - 1, 0, &[4][..]),
+        (head, 7, &[4][..]),
         (1, 0, &[4][..]),
         (20, 5, &[4][..]),
         (15, 0, &[3, 4][..]), // size off by one: short or long body

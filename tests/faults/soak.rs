@@ -88,7 +88,22 @@ fn soak_random_faults() {
     let jobs: Vec<Job> = (0..n)
         .map(|id| {
             let file = rng.below(files.len() as u64) as usize;
-            let total = 48 + files[file].len() as u64;
+            let raw = (rng.below(4) == 0).then(|| {
+                let rcvbuf = [4096usize, 8192, 65536, 262_144][rng.below(4) as usize];
+                let read = [1024usize, 4096, 65536][rng.below(3) as usize];
+                let pace = if rng.below(2) == 0 {
+                    Pace::bursts(read, 64 * 1024 + rng.below(512 * 1024) as usize, Duration::from_millis(rng.below(5)))
+                } else {
+                    Pace::bursts(read, 0, Duration::ZERO)
+                };
+                (rcvbuf, pace)
+            });
+            // Raw clients speak version 1 (a 48-byte header); fetch speaks version 2, whose
+            // header is followed by the file's name ("in-N.bin"), which a fetch into a named
+            // output does not use: a flip there damages nothing.
+            let name = if raw.is_some() { 0 } else { format!("in-{file}.bin").len() as u64 };
+            let total = 48 + name + files[file].len() as u64;
+            let harmless = |at: u64| (48..48 + name).contains(&at);
             let kind = kinds[rng.below(kinds.len() as u64) as usize];
             // Faults land anywhere in the stream, and sometimes past its end (no fault).
             let down_at = |rng: &mut Rng| rng.below(total + total / 8 + 2);
@@ -110,7 +125,7 @@ fn soak_random_faults() {
                 }
                 Kind::Flip => {
                     let at = down_at(&mut rng);
-                    (Plan::down(at, Action::Flip(rng.below(8) as u8)), at < total)
+                    (Plan::down(at, Action::Flip(rng.below(8) as u8)), at < total && !harmless(at))
                 }
                 Kind::Reset | Kind::Cut | Kind::Stall => {
                     let action = match kind {
@@ -127,16 +142,6 @@ fn soak_random_faults() {
                     }
                 }
             };
-            let raw = (rng.below(4) == 0).then(|| {
-                let rcvbuf = [4096usize, 8192, 65536, 262_144][rng.below(4) as usize];
-                let read = [1024usize, 4096, 65536][rng.below(3) as usize];
-                let pace = if rng.below(2) == 0 {
-                    Pace::bursts(read, 64 * 1024 + rng.below(512 * 1024) as usize, Duration::from_millis(rng.below(5)))
-                } else {
-                    Pace::bursts(read, 0, Duration::ZERO)
-                };
-                (rcvbuf, pace)
-            });
             Job { id, file, kind, plan, hits, raw }
         })
         .collect();
