@@ -477,11 +477,13 @@ pub fn install_signal_cleanup() {
         };
         let pending = pending();
         let shown = |p: &Path| crate::encoding::text::path(p);
+        // After the ^C a terminal echoes (and a progress bar), start on a fresh line.
+        let nl = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "\n" } else { "" };
         match pending.as_ref() {
             Some(p) if p.keep => {
                 let len = std::fs::metadata(&p.path).map_or(0, |m| m.len());
                 crate::say!(
-                    "\nxfer: fetch: interrupted ({name}); kept {} in {}; run the same command again to resume",
+                    "{nl}xfer: fetch: interrupted ({name}); kept {} in {}; run the same command again to resume",
                     crate::human_bytes(len),
                     shown(&p.path)
                 );
@@ -491,10 +493,10 @@ pub fn install_signal_cleanup() {
                 if let Some(info) = &p.info {
                     let _ = std::fs::remove_file(info);
                 }
-                crate::say!("\nxfer: fetch: interrupted ({name}); nothing written");
+                crate::say!("{nl}xfer: fetch: interrupted ({name}); nothing written");
             }
             // Already renamed into place, or writing to a stream.
-            None => crate::say!("\nxfer: fetch: interrupted ({name})"),
+            None => crate::say!("{nl}xfer: fetch: interrupted ({name})"),
         }
         std::process::exit(128 + sig);
     });
