@@ -21,13 +21,17 @@ Exit codes:
   0    success (for serve: drained and exited after Ctrl+C or SIGTERM)
   1    internal error
   2    usage: bad arguments
-  3    network: cannot resolve, connect or bind; timed out; connection lost
-  4    protocol or verification: not an xfer server, malformed header, digest mismatch
-  5    local file: input missing, unreadable or not a regular file; bad output path; disk full
-  6    refused by the server: not allowed, bad token, busy, paused, unsupported version
-  129  fetch: interrupted by SIGHUP (the terminal closed); nothing written
+  3    network: cannot resolve, connect or bind; timed out; connection lost; HTTP 5xx
+  4    protocol or verification: not an xfer server, malformed header, digest mismatch,
+       HTTP 404 and other 4xx, an unusable file name from the server
+  5    local file: input missing, unreadable or not a regular file; bad output path; disk
+       full; the output locked by another fetch
+  6    refused by the server: not allowed, bad token, busy, paused, unsupported version;
+       HTTP 401, 403, 429
+  129  fetch: interrupted by SIGHUP (the terminal closed)
   130  fetch: interrupted by Ctrl+C (SIGINT); serve: a second Ctrl+C or signal while draining
-  143  fetch: interrupted by SIGTERM; nothing written";
+  143  fetch: interrupted by SIGTERM
+After retries run out, fetch exits with the last failure's code.";
 
 #[derive(FromArgs)]
 /// Serve one file to many clients at once; fetch an exact, BLAKE3-verified copy.
