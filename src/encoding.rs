@@ -6,12 +6,14 @@
 //! - [`sniff`]: which of the two protocols a connection speaks, from its first bytes;
 //! - [`xfer`]: the native protocol (docs/PROTOCOL.md), a 48-byte request and header;
 //! - [`http`]: HTTP/1.1 request heads and the pieces of response heads;
+//! - [`auth`]: what the shared token proves (keyed BLAKE3 MACs);
 //! - [`text`]: text from outside made safe for one terminal line or a shell;
 //! - [`target`]: `host[:port]` as users write it.
 //!
 //! Servers and clients own the sockets and decide what to answer; this module only says
 //! what bytes mean and what bytes to send.
 
+pub mod auth;
 pub mod http;
 pub mod sniff;
 pub mod target;

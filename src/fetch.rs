@@ -116,6 +116,9 @@ pub enum FetchError {
     Refused { target: String, status: Status, reason: String, retry_after: Option<Duration> },
     #[error("{target} answered {status} {reason}")]
     Http { target: String, status: u16, reason: String, retry_after: Option<Duration> },
+    /// The server did not prove it knows the token (or what it proved was altered).
+    #[error("{target}: {why}")]
+    Unauthenticated { target: String, why: &'static str },
     #[error("{target} is not an xfer server or sent a malformed header: {source}")]
     Protocol { target: String, source: DecodeError },
     #[error("{}", mismatch_text(.0, *.1))]
@@ -183,6 +186,7 @@ impl FetchError {
                 _ => exit::PROTOCOL,
             },
             FetchError::Protocol { .. }
+            | FetchError::Unauthenticated { .. }
             | FetchError::Mismatch(..)
             | FetchError::Size { .. }
             | FetchError::BadPrefix

@@ -61,8 +61,11 @@ enum Cmd {
 /// Ctrl+C asks whether to keep listening or exit; SIGTERM (or SIGINT without a terminal) stops
 /// accepting, lets transfers finish, and exits 0; SIGHUP re-reads the file.
 #[argh(subcommand, name = "serve", help_triggers("-h", "--help"))]
-#[argh(note = "The token may come from the environment variable XFER_TOKEN instead of --token, which \
-keeps it out of `ps`.")]
+#[argh(note = "The token is best given with --token-file (or the environment variable XFER_TOKEN): a \
+value after --token is visible to other users in `ps`. --token generate makes a random 256-bit token \
+and prints it once. With a token, native clients prove it by challenge-response and the server proves \
+it back (docs/SECURITY.md); HTTP clients send `Authorization: Bearer TOKEN`, or use a signed link \
+(--link-ttl).")]
 struct ServeArgs {
     /// the file to serve (a regular file)
     #[argh(positional, from_str_fn(path_arg))]
@@ -86,9 +89,15 @@ struct ServeArgs {
     /// serve only these addresses, e.g. 10.0.0.0/8 (repeatable; default: everyone)
     #[argh(option, from_str_fn(text_arg))]
     allow: Vec<String>,
-    /// require this shared access token (default: $XFER_TOKEN if set)
+    /// require this shared access token, or `generate` one (default: $XFER_TOKEN if set)
     #[argh(option, from_str_fn(os_arg))]
     token: Option<OsString>,
+    /// read the token from this file (its first line)
+    #[argh(option, from_str_fn(path_arg))]
+    token_file: Option<PathBuf>,
+    /// print HTTP links, signed with the token, that work without it for this many seconds
+    #[argh(option, from_str_fn(secs_arg))]
+    link_ttl: Option<Duration>,
     /// seconds a client has to send its whole request (default 10)
     #[argh(option, default = "secs(10.0)", from_str_fn(secs_arg))]
     request_timeout: Duration,
@@ -135,6 +144,9 @@ struct FetchArgs {
     /// access token, when the server requires one (default: $XFER_TOKEN if set)
     #[argh(option, from_str_fn(os_arg))]
     token: Option<OsString>,
+    /// read the token from this file (its first line)
+    #[argh(option, from_str_fn(path_arg))]
+    token_file: Option<PathBuf>,
     /// the digest the file must have, ALGORITHM:HEX with blake3 or sha256 (repeatable);
     /// checked whatever the server says
     #[argh(option, from_str_fn(expect_arg))]
@@ -346,12 +358,77 @@ fn secs_arg(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The token from the flag, else from XFER_TOKEN; an empty value means none.
-fn token(flag: Option<OsString>) -> Option<Vec<u8>> {
-    flag.or_else(|| std::env::var_os("XFER_TOKEN")).map(OsString::into_vec).filter(|t| !t.is_empty())
+/// The token, from `--token-file`, `--token` (with a warning: `ps` shows it) or XFER_TOKEN;
+/// an empty value means none. `serve` may ask for a fresh one (`--token generate`), which
+/// is then printed once, by the caller. Errors are usage errors, already said.
+fn token(
+    cmd: &str,
+    flag: Option<OsString>,
+    file: Option<&PathBuf>,
+    may_generate: bool,
+) -> Result<(Option<Vec<u8>>, bool), i32> {
+    let from_flag = match (flag, file) {
+        (Some(_), Some(_)) => {
+            xfer::say!("xfer: {cmd}: give the token once: --token or --token-file (see 'xfer {cmd} --help')");
+            return Err(exit::USAGE);
+        }
+        (None, Some(path)) => return read_token_file(cmd, path).map(|t| (Some(t), false)),
+        (Some(t), None) if may_generate && t == "generate" => {
+            let mut raw = [0u8; 32];
+            if let Err(e) = getrandom::fill(&mut raw) {
+                xfer::say!("xfer: {cmd}: cannot generate a token: {e}");
+                return Err(exit::INTERNAL);
+            }
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            return Ok((Some(hex.into_bytes()), true));
+        }
+        (Some(t), None) => {
+            if !t.is_empty() {
+                xfer::say!(
+                    "xfer: {cmd}: warning: a token given with --token is visible to other users (ps); \
+                     use --token-file or XFER_TOKEN"
+                );
+            }
+            Some(t)
+        }
+        (None, None) => None,
+    };
+    let token = from_flag.or_else(|| std::env::var_os("XFER_TOKEN")).map(OsString::into_vec).filter(|t| !t.is_empty());
+    Ok((token, false))
+}
+
+/// The first line of a token file, without its line ending. The file is never printed.
+fn read_token_file(cmd: &str, path: &PathBuf) -> Result<Vec<u8>, i32> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = xfer::encoding::text::path(path);
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            xfer::say!("xfer: {cmd}: --token-file {shown}: {e}");
+            return Err(exit::LOCAL_IO);
+        }
+    };
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        xfer::say!("xfer: {cmd}: --token-file {shown}: the first line is empty");
+        return Err(exit::USAGE);
+    }
+    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        xfer::say!("xfer: {cmd}: warning: {shown} can be read by other users; chmod 600 it");
+    }
+    Ok(line.to_vec())
 }
 
 fn serve(a: ServeArgs) -> i32 {
+    let (token, generated_token) = match token("serve", a.token, a.token_file.as_ref(), true) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    if a.link_ttl.is_some() && token.is_none() {
+        xfer::say!("xfer: serve: --link-ttl signs links with the token: give one too (see 'xfer serve --help')");
+        return exit::USAGE;
+    }
     let mut allow = Vec::new();
     for c in &a.allow {
         match c.parse() {
@@ -370,7 +447,9 @@ fn serve(a: ServeArgs) -> i32 {
         max_clients: a.max_clients,
         max_per_ip: a.max_per_ip,
         allow,
-        token: token(a.token),
+        token,
+        generated_token,
+        link_ttl: a.link_ttl,
         request_timeout: a.request_timeout,
         send_timeout: a.send_timeout,
         drain_timeout: a.drain_timeout,
@@ -388,12 +467,16 @@ fn serve(a: ServeArgs) -> i32 {
 }
 
 fn fetch(a: FetchArgs) -> i32 {
+    let token = match token("fetch", a.token, a.token_file.as_ref(), false) {
+        Ok((t, _)) => t,
+        Err(code) => return code,
+    };
     let opts = xfer::fetch::Options {
         target: a.host,
         port: a.port,
         output: a.output,
         timeout: a.timeout,
-        token: token(a.token),
+        token,
         quiet: a.quiet,
         resume: !a.no_resume,
         retry: a.retry,

@@ -496,10 +496,12 @@ fn exit_codes_network_and_refusal() {
     let server = Server::start(&path, &["--token", "sesame"]);
     let res = fetch(&server.target(), &out, &[]);
     assert_failed(&res, &[6], "no token");
-    let res = fetch(&server.target(), &out, &["--token", "wrong"]);
+    let res = run_with_timeout(fetch_command(&server.target(), &out, &[]).env("XFER_TOKEN", "wrong"), 60);
     assert_failed(&res, &[6], "wrong token");
     assert_eq!(dir_names(dir.path()), vec!["f.txt".to_string()]);
-    let res = fetch(&server.target(), &out, &["--token", "sesame", "--quiet"]);
+    let tokens = tempdir();
+    let file = secret_file(tokens.path(), "token", b"sesame\n");
+    let res = fetch(&server.target(), &out, &["--token-file", file.to_str().unwrap(), "--quiet"]);
     assert_fetched(&out, &res, data);
     let mut cmd = Command::new(bin());
     let out2 = dir.path().join("out2.bin");

@@ -419,7 +419,7 @@ fn rename_alone_gives_new_clients_the_new_file() {
     let (_, header) = request_header(server.addr, None, None);
     assert_eq!(
         header,
-        Response::Ok { size: new.len() as u64, digest: digest(&new), name: None },
+        Response::Ok { size: new.len() as u64, digest: digest(&new), name: None, mac: None },
         "header of the new file"
     );
 }

@@ -93,6 +93,15 @@ pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     p
 }
 
+/// Writes a token file the way a careful user would: readable by its owner only (a token
+/// file others can read makes xfer warn on stderr).
+pub fn secret_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = write_file(dir, name, data);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod token file");
+    p
+}
+
 /// Writes a pseudo-random file of `size` bytes in 1 MiB pieces (a large file never sits in
 /// memory whole) and returns its path and BLAKE3 digest.
 pub fn big_file(dir: &Path, name: &str, size: u64, seed: u64) -> (PathBuf, Digest) {

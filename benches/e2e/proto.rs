@@ -40,6 +40,9 @@ impl Proto {
                     debug_assert_eq!(used, HEADER_LEN);
                     Ok(Some(used))
                 }
+                Ok(Decoded::Done(Response::Challenge { .. }, _)) => {
+                    Err("challenged: the bench runs without a token".into())
+                }
                 Ok(Decoded::Done(Response::Refused { status, reason, .. }, _)) => {
                     Err(format!("refused {status:?}: {reason}"))
                 }

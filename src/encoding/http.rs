@@ -194,6 +194,15 @@ pub fn path_bytes(target: &str) -> Option<Cow<'_, [u8]>> {
     Some(percent_encoding::percent_decode_str(path).into())
 }
 
+/// A parameter of the request target's query (`?a=1&b=2`), as written (not decoded).
+pub fn query_param<'a>(target: &'a str, key: &str) -> Option<&'a str> {
+    let query = target.split_once('?')?.1.split('#').next()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then_some(v)
+    })
+}
+
 /// Bytes that stay as they are in a URL path segment; everything else is %-encoded.
 const SEGMENT: &percent_encoding::AsciiSet =
     &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -294,6 +303,7 @@ pub fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        410 => "Gone",
         413 => "Content Too Large",
         414 => "URI Too Long",
         416 => "Range Not Satisfiable",
@@ -877,6 +887,10 @@ mod tests {
         assert_eq!(path_bytes("/%00%ff").as_deref(), Some(&b"/\0\xff"[..]));
         assert_eq!(path_bytes("/%252F").as_deref(), Some(&b"/%2F"[..]), "decoded once");
         assert_eq!(path_bytes("*"), None);
+        assert_eq!(query_param("/f?expires=12&sig=ab#x", "sig"), Some("ab"));
+        assert_eq!(query_param("/f?expires=12&sig=ab", "expires"), Some("12"));
+        assert_eq!(query_param("/f?x", "sig"), None);
+        assert_eq!(query_param("/f", "sig"), None);
         assert_eq!(url_segment("my file-1.txt".as_bytes()), "my%20file-1.txt");
         assert_eq!(url_segment(b"a/b?c"), "a%2Fb%3Fc");
     }

@@ -1,18 +1,54 @@
 //! Who gets the file: the allow list, the client limits (overall and per address, shared by
-//! every event loop), the pause while the Ctrl+C question is open, and the token.
+//! every event loop), the pause while the Ctrl+C question is open, and the token, with a
+//! throttle on addresses that keep failing to prove it.
 //!
-//! Owns: the counts of clients in flight and the verdict. A refusal is a [`Refusal`], a
-//! type of its own that each protocol renders its own way (a status and reason in a native
-//! header; an HTTP status). Must never know: sockets, sessions' phases, or wire formats.
+//! Owns: the counts of clients in flight, the failed attempts per address, the keys
+//! derived from the token, and the verdict. A refusal is a [`Refusal`], a type of its own
+//! that each protocol renders its own way (a status and reason in a native header; an HTTP
+//! status). Must never know: sockets, sessions' phases, or wire formats. Never logs a
+//! secret or anything derived from one.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::lock;
 use crate::encoding::Digest;
+use crate::encoding::auth::Key;
 use crate::encoding::xfer::Status;
+
+/// Failed token attempts an address may make before it is refused for a while.
+const FREE_FAILURES: u32 = 3;
+/// The first penalty; each failure during or after one doubles it, up to MAX_PENALTY.
+const FIRST_PENALTY: Duration = Duration::from_secs(1);
+const MAX_PENALTY: Duration = Duration::from_secs(60);
+/// An address quiet this long has its failures forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// Addresses tracked at most; past it, the forgotten and the oldest go first.
+const MAX_TRACKED: usize = 65_536;
+
+/// The shared token, in the forms the server uses it: never the token itself.
+pub struct Token {
+    /// BLAKE3 of the token: HTTP's `Authorization: Bearer` is compared as that.
+    pub digest: Digest,
+    /// The native protocol's challenge-response key.
+    pub native: Key,
+    /// The key that signs HTTP links.
+    pub links: Key,
+}
+
+impl Token {
+    pub fn new(secret: &[u8]) -> Token {
+        Token { digest: *blake3::hash(secret).as_bytes(), native: Key::native(secret), links: Key::links(secret) }
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
 
 /// Refusals in progress per address; past it, that address's connections are answered at
 /// once without waiting for their request, so one address cannot fill the slots kept for
@@ -26,8 +62,8 @@ pub struct Policy {
     /// Clients at once from one address; `usize::MAX` for no limit.
     pub max_per_ip: usize,
     pub allow: Vec<Cidr>,
-    /// BLAKE3 of the shared token, when one is required.
-    pub token: Option<Digest>,
+    /// The shared token, when one is required.
+    pub token: Option<Arc<Token>>,
     pub request_timeout: Duration,
     pub send_timeout: Duration,
     pub quiet: bool,
@@ -104,6 +140,16 @@ pub enum Entry {
 pub struct Limits {
     active: usize,
     per_ip: HashMap<IpAddr, PerIp>,
+    /// Failed token attempts, per address.
+    strikes: HashMap<IpAddr, Strikes>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Strikes {
+    failures: u32,
+    /// Refused until then, whatever it presents.
+    until: Option<Instant>,
+    last: Instant,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -182,14 +228,68 @@ impl Admission {
         }
     }
 
-    /// Whether the token the client presented (as its BLAKE3 digest) is good.
-    pub fn check_token(&self, presented: Option<&Digest>) -> Result<(), Refusal> {
-        let Some(want) = &self.policy.token else { return Ok(()) };
-        match presented {
-            // blake3::Hash compares in constant time.
-            Some(got) if blake3::Hash::from_bytes(*got) == blake3::Hash::from_bytes(*want) => Ok(()),
-            _ => Err(Refusal::BadToken),
+    /// Whether the token an HTTP client presented (as its BLAKE3 digest) is good: counted
+    /// as a success or a failure of `ip` (see [`Admission::judge`]).
+    pub fn check_token(&mut self, ip: IpAddr, presented: Option<&Digest>, now: Instant) -> Result<(), Refusal> {
+        let Some(want) = self.policy.token.as_ref().map(|t| t.digest) else { return Ok(()) };
+        let good = presented.is_some_and(|got| crate::encoding::auth::same(got, &want));
+        self.judge(ip, good, now)
+    }
+
+    /// The key of the native challenge-response, when there is a token.
+    pub fn native_key(&self) -> Option<&Key> {
+        self.policy.token.as_ref().map(|t| &t.native)
+    }
+
+    /// The key that signs HTTP links, when there is a token.
+    pub fn link_key(&self) -> Option<&Key> {
+        self.policy.token.as_ref().map(|t| &t.links)
+    }
+
+    /// Records an attempt to prove the token from `ip` and gives the verdict: an address
+    /// being penalised is refused whatever it presents, with the same refusal as a wrong
+    /// token (no oracle); past [`FREE_FAILURES`], each failure refuses the address for a
+    /// growing while. Other addresses are never slowed. A penalty is logged once, when it
+    /// starts or grows; nothing about the token is.
+    pub fn judge(&mut self, ip: IpAddr, good: bool, now: Instant) -> Result<(), Refusal> {
+        let mut limits = lock(&self.limits);
+        let strikes = &mut limits.strikes;
+        let penalised = strikes.get(&ip).and_then(|s| s.until).is_some_and(|u| now < u);
+        if penalised {
+            // Refused unheard, and not counted: a correct client that arrives during the
+            // penalty must not make it longer, and a guess made now was never checked.
+            return Err(Refusal::BadToken);
         }
+        if good {
+            strikes.remove(&ip);
+            return Ok(());
+        }
+        if strikes.len() >= MAX_TRACKED && !strikes.contains_key(&ip) {
+            strikes.retain(|_, s| now.duration_since(s.last) < FORGET_AFTER);
+            if strikes.len() >= MAX_TRACKED {
+                let oldest = strikes.iter().min_by_key(|(_, s)| s.last).map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    strikes.remove(&k);
+                }
+            }
+        }
+        let s = strikes.entry(ip).or_insert(Strikes { failures: 0, until: None, last: now });
+        if now.duration_since(s.last) >= FORGET_AFTER {
+            *s = Strikes { failures: 0, until: None, last: now };
+        }
+        s.failures += 1;
+        s.last = now;
+        if s.failures > FREE_FAILURES {
+            let penalty = FIRST_PENALTY.saturating_mul(1 << (s.failures - FREE_FAILURES - 1).min(16)).min(MAX_PENALTY);
+            s.until = Some(now + penalty);
+            // Once per penalty: attempts during it are refused without a word.
+            let failures = s.failures;
+            drop(limits);
+            if !self.policy.quiet {
+                crate::say!("{ip}: {failures} failed token attempts; refusing it for {} s", penalty.as_secs_f64());
+            }
+        }
+        Err(Refusal::BadToken)
     }
 
     pub fn set_paused(&mut self, paused: bool) {
@@ -320,13 +420,63 @@ mod tests {
     #[test]
     fn tokens() {
         let mut p = policy();
+        p.token = Some(Arc::new(Token::new(b"secret")));
+        let mut a = Admission::new(p, Arc::default());
+        let now = Instant::now();
         let good = *blake3::hash(b"secret").as_bytes();
-        p.token = Some(good);
-        let a = Admission::new(p, Arc::default());
-        assert_eq!(a.check_token(Some(&good)), Ok(()));
-        assert_eq!(a.check_token(Some(blake3::hash(b"Secret").as_bytes())), Err(Refusal::BadToken));
-        assert_eq!(a.check_token(None), Err(Refusal::BadToken));
-        assert_eq!(Admission::new(policy(), Arc::default()).check_token(None), Ok(()));
+        assert_eq!(a.check_token(ip("127.0.0.1"), Some(&good), now), Ok(()));
+        assert_eq!(
+            a.check_token(ip("127.0.0.1"), Some(blake3::hash(b"Secret").as_bytes()), now),
+            Err(Refusal::BadToken)
+        );
+        assert_eq!(a.check_token(ip("127.0.0.1"), None, now), Err(Refusal::BadToken));
+        assert_eq!(Admission::new(policy(), Arc::default()).check_token(ip("127.0.0.1"), None, now), Ok(()));
+        assert_eq!(format!("{:?}", Token::new(b"secret")), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn failed_attempts_are_throttled_per_address() {
+        let mut a = Admission::new(policy(), Arc::default());
+        let (bad, other) = (ip("127.0.0.1"), ip("127.0.0.2"));
+        let t0 = Instant::now();
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(a.judge(bad, false, t0), Err(Refusal::BadToken));
+        }
+        assert_eq!(a.judge(bad, true, t0), Ok(()), "free failures, then a good token: fine, and forgiven");
+        for _ in 0..50 {
+            assert_eq!(a.judge(bad, false, t0), Err(Refusal::BadToken));
+        }
+        // Penalised: even the right token is refused, the same way (no oracle)...
+        assert_eq!(a.judge(bad, true, t0 + Duration::from_millis(500)), Err(Refusal::BadToken));
+        // ... but nobody else is slowed.
+        assert_eq!(a.judge(other, true, t0), Ok(()));
+        // After the penalty (at most a minute), the right token works again.
+        assert_eq!(a.judge(bad, true, t0 + MAX_PENALTY + Duration::from_secs(1)), Ok(()));
+        assert_eq!(a.judge(bad, false, t0 + MAX_PENALTY + Duration::from_secs(2)), Err(Refusal::BadToken));
+        assert_eq!(a.judge(bad, true, t0 + MAX_PENALTY + Duration::from_secs(3)), Ok(()), "forgiven again");
+    }
+
+    #[test]
+    fn penalties_grow_with_checked_failures_only() {
+        let mut a = Admission::new(policy(), Arc::default());
+        let bad = ip("127.0.0.1");
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for _ in 0..=FREE_FAILURES {
+            assert_eq!(a.judge(bad, false, t0), Err(Refusal::BadToken));
+        }
+        // Attempts during the first penalty are not counted: it still ends after FIRST_PENALTY.
+        for ms in [100, 400, 900] {
+            assert_eq!(a.judge(bad, false, at(ms)), Err(Refusal::BadToken));
+            assert_eq!(a.judge(bad, true, at(ms)), Err(Refusal::BadToken));
+        }
+        let after_first = FIRST_PENALTY.as_millis() as u64 + 50;
+        // The next checked failure doubles it...
+        assert_eq!(a.judge(bad, false, at(after_first)), Err(Refusal::BadToken));
+        let second = after_first + 2 * FIRST_PENALTY.as_millis() as u64;
+        assert_eq!(a.judge(bad, true, at(second - 100)), Err(Refusal::BadToken));
+        // ... and a correct client after it is served.
+        assert_eq!(a.judge(bad, true, at(second + 50)), Ok(()));
     }
 
     #[test]

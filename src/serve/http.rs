@@ -34,6 +34,9 @@ pub struct Config {
     pub max_age: u32,
     /// `host:port` for the landing page's commands when the request names no usable host.
     pub fallback_host: String,
+    /// The key that signs links (when there is a token): a page reached by a signed link
+    /// links the file with signatures of the same expiry.
+    pub links: Option<crate::encoding::auth::Key>,
 }
 
 /// Which resource or answer a reply is.
@@ -52,6 +55,9 @@ pub enum Kind {
     MethodNotAllowed,
     Refused(Refusal),
     Bad(wire::Error),
+    /// A signed link whose signature is wrong (403), or whose time is up (410).
+    LinkForged,
+    LinkExpired,
 }
 
 /// What an HTTP reply begins with: everything needed to render its head (and the small
@@ -75,6 +81,8 @@ pub struct Head {
     pub sha: bool,
     /// The landing page's host for its commands, from the request's `Host`.
     pub host: Option<Box<str>>,
+    /// Reached by a signed link expiring then: the page's own links are signed alike.
+    pub link_expires: Option<u64>,
 }
 
 /// A decided reply: its head, the byte range of the file after it, and what the log line
@@ -144,10 +152,14 @@ pub enum Fed {
 /// Everything a reply is decided from, besides the request.
 pub struct Ctx<'a> {
     pub snap: &'a Snapshot,
-    pub admission: &'a Admission,
+    pub admission: &'a mut Admission,
+    /// The client's address (failed tokens are counted per address).
+    pub ip: std::net::IpAddr,
     /// A verdict reached when the connection was accepted (busy, not allowed, paused).
     pub refuse: Option<Refusal>,
+    /// The wall clock (for `Date`) and the loop's clock.
     pub now: SystemTime,
+    pub when: std::time::Instant,
 }
 
 impl LogPath {
@@ -184,7 +196,7 @@ impl Conn {
 
     /// Takes newly read bytes (`fresh` may be empty, to look at what is pending) and, when
     /// a request is whole, decides its reply. Bytes past it stay pending for the next.
-    pub fn feed(&mut self, fresh: &[u8], ctx: &Ctx<'_>) -> Fed {
+    pub fn feed(&mut self, fresh: &[u8], ctx: &mut Ctx<'_>) -> Fed {
         if self.pending.is_empty() {
             // The usual case: the whole request came in one read; parse it where it lies.
             let (fed, used) = decide_from(fresh, ctx, self.served);
@@ -224,7 +236,7 @@ impl Default for Conn {
 
 /// Decides from `buf`: the outcome, and how many bytes the request used (`None`: none yet;
 /// after an error that ends the connection, all of them).
-fn decide_from(buf: &[u8], ctx: &Ctx<'_>, served: u32) -> (Fed, Option<usize>) {
+fn decide_from(buf: &[u8], ctx: &mut Ctx<'_>, served: u32) -> (Fed, Option<usize>) {
     match wire::parse(buf) {
         Ok(Decoded::NeedMore(_)) => (Fed::NeedMore, None),
         Ok(Decoded::Done(req, used)) => (Fed::Reply(decide(&req, ctx, served)), Some(used)),
@@ -266,6 +278,7 @@ fn error_head(status: u16, kind: Kind, head_only: bool, now: SystemTime) -> Head
         date: seconds(now),
         sha: false,
         host: None,
+        link_expires: None,
     }
 }
 
@@ -276,7 +289,7 @@ fn etag(snap: &Snapshot) -> String {
 }
 
 /// Turns one request into a reply.
-pub fn decide(req: &wire::Request<'_>, ctx: &Ctx<'_>, served: u32) -> Reply {
+pub fn decide(req: &wire::Request<'_>, ctx: &mut Ctx<'_>, served: u32) -> Reply {
     let snap = ctx.snap;
     let method = LogMethod::new(req.method_name);
     let resource = resource(req.target, snap.name());
@@ -297,10 +310,24 @@ pub fn decide(req: &wire::Request<'_>, ctx: &Ctx<'_>, served: u32) -> Reply {
         date: seconds(ctx.now),
         sha: snap.sha256().is_some(),
         host: None,
+        link_expires: None,
     };
+    // A signed link is a credential of its own: the path and its expiry, signed with the
+    // token. Wrong: 403 (and a failed attempt); expired: 410.
+    match signed_link(req.target, ctx) {
+        Some(Err(kind)) => {
+            let status = if kind == Kind::LinkExpired { 410 } else { 403 };
+            return Reply { head: error_head(status, kind, head_only, ctx.now), body: 0..0, log };
+        }
+        Some(Ok(expires)) => head.link_expires = Some(expires),
+        None => {}
+    }
     let refusal = ctx.refuse.or_else(|| {
+        if head.link_expires.is_some() {
+            return None;
+        }
         let presented = bearer(req.authorization).map(|t| *blake3::hash(t.as_bytes()).as_bytes());
-        ctx.admission.check_token(presented.as_ref()).err()
+        ctx.admission.check_token(ctx.ip, presented.as_ref(), ctx.when).err()
     });
     if let Some(why) = refusal {
         // A refusal ends the connection, as the native protocol's does.
@@ -331,6 +358,45 @@ pub fn decide(req: &wire::Request<'_>, ctx: &Ctx<'_>, served: u32) -> Reply {
     };
     let body = if head_only { body.start..body.start } else { body };
     Reply { head, body, log }
+}
+
+/// A signed link's verdict: `None` when the target carries no signature (or the server has
+/// no token to check one with), else its expiry or why it is refused.
+fn signed_link(target: &str, ctx: &mut Ctx<'_>) -> Option<Result<u64, Kind>> {
+    let sig = wire::query_param(target, "sig")?;
+    let key = ctx.admission.link_key()?.clone();
+    let expires: Option<u64> = wire::query_param(target, "expires").and_then(|e| e.parse().ok());
+    let path = wire::path_bytes(target)?;
+    let given = hex16(sig);
+    let good = match (expires, given) {
+        (Some(e), Some(g)) => crate::encoding::auth::same(&key.sign_link(&path, e), &g),
+        _ => false,
+    };
+    if ctx.admission.judge(ctx.ip, good, ctx.when).is_err() {
+        return Some(Err(Kind::LinkForged));
+    }
+    let expires = expires?;
+    if seconds(ctx.now) > expires {
+        return Some(Err(Kind::LinkExpired));
+    }
+    Some(Ok(expires))
+}
+
+fn hex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// `?expires=E&sig=S` for `path` (percent-encoded as in the URL), when signing.
+pub fn link_query(key: &crate::encoding::auth::Key, path: &[u8], expires: u64) -> String {
+    let sig: String = key.sign_link(path, expires).iter().map(|b| format!("{b:02x}")).collect();
+    format!("?expires={expires}&sig={sig}")
 }
 
 /// The file: 200, 206, 304 or 416, from the conditionals and the range.
@@ -505,7 +571,7 @@ fn write_head(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, body_len
             o.write_str("Retry-After: 1\r\n")?;
             text_type(o, body_len)?;
         }
-        Kind::NotFound | Kind::Bad(_) => text_type(o, body_len)?,
+        Kind::NotFound | Kind::Bad(_) | Kind::LinkForged | Kind::LinkExpired => text_type(o, body_len)?,
     }
     if h.close {
         o.write_str("Connection: close\r\n")?;
@@ -564,6 +630,8 @@ fn write_body(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config) -> std::
         Kind::MethodNotAllowed => o.write_str("method not allowed; use GET or HEAD\n"),
         Kind::Refused(why) => writeln!(o, "{}", why.reason()),
         Kind::Bad(e) => writeln!(o, "{e}"),
+        Kind::LinkForged => o.write_str("this link is not valid\n"),
+        Kind::LinkExpired => o.write_str("this link has expired; ask for a new one\n"),
     }
 }
 
@@ -572,9 +640,19 @@ fn landing(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, url: &str) 
     use crate::encoding::text::shell_quote;
     let name = String::from_utf8_lossy(snap.name());
     let shown = wire::html(&printable(&name)).into_owned();
+    // Reached by a signed link: the page's links carry signatures of the same expiry.
+    let signed = |path: &str| match (h.link_expires, &cfg.links) {
+        (Some(e), Some(k)) => {
+            let bytes: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
+            format!("{path}{}", link_query(k, &bytes, e))
+        }
+        _ => path.to_string(),
+    };
+    let url = &signed(url);
     let b3 = blake3::Hash::from_bytes(*snap.digest()).to_hex();
     let host = h.host.as_deref().unwrap_or(&cfg.fallback_host);
     let full = format!("http://{host}{url}");
+    let sum_path = signed(&format!("/{}.b3", wire::url_segment(snap.name())));
     let size = snap.size();
     write!(
         o,
@@ -599,11 +677,11 @@ fn landing(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, url: &str) 
     }
     let q_name = shell_quote(&name);
     let q_url = shell_quote(&full);
-    let sum_url = format!("{full}.b3");
+    let sum_url = format!("http://{host}{sum_path}");
     let q_sum = shell_quote(&sum_url);
     // curl -O names the file after the URL's last segment as it is written (still
-    // %-encoded), so a name that needs encoding is given with -o.
-    let curl = if wire::url_segment(snap.name()).as_bytes() == snap.name() {
+    // %-encoded, and a signed link's query with it), so such a name is given with -o.
+    let curl = if wire::url_segment(snap.name()).as_bytes() == snap.name() && h.link_expires.is_none() {
         format!("curl -fO {q_url}")
     } else {
         format!("curl -fo {q_name} {q_url}")

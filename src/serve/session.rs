@@ -60,7 +60,7 @@ pub enum Head {
 impl Head {
     fn render(&self, snap: &Snapshot, cfg: &http::Config, out: &mut [u8]) -> usize {
         match self {
-            Head::Xfer(h) => xfer::render(*h, snap, out),
+            Head::Xfer(h) => xfer::render(h, snap, out),
             Head::Http(h) => http::render(h, snap, cfg, out),
         }
     }
@@ -91,6 +91,8 @@ enum Phase {
     Start { first: [u8; sniff::MAX_METHOD], got: u8, refuse: Option<Refusal> },
     /// Reading the native request.
     Xfer { incoming: xfer::Incoming, refuse: Option<Refusal> },
+    /// Challenged (the nonce is out): reading the client's proof.
+    Proof { incoming: xfer::Incoming, challenge: Box<xfer::Challenge> },
     /// Waiting for (or reading) an HTTP request head; its bytes are in `Session::http`.
     Http { refuse: Option<Refusal> },
     /// Sending a reply.
@@ -203,7 +205,7 @@ pub struct Server {
 
 impl Server {
     pub fn new(snapshot: Arc<Snapshot>, policy: Policy) -> Server {
-        let http = http::Config { max_age: 10, fallback_host: "localhost".into() };
+        let http = http::Config { max_age: 10, fallback_host: "localhost".into(), links: None };
         Server::with_shared(&Shared::new(snapshot), policy, http)
     }
 
@@ -275,7 +277,7 @@ impl Server {
                         }
                     }
                 }
-                Phase::Xfer { incoming, .. } => {
+                Phase::Xfer { incoming, .. } | Phase::Proof { incoming, .. } => {
                     let n = match conn.read(incoming.spare()) {
                         Ok(0) => return finish(s, Outcome::ClosedByPeer),
                         Ok(n) => n,
@@ -327,6 +329,12 @@ impl Server {
                     }
                     match r {
                         Sent::Done => {
+                            if let Head::Xfer(xfer::Head::Challenge(ch)) = head {
+                                // The nonce is out; the proof comes next.
+                                let challenge = ch.clone();
+                                s.phase = Phase::Proof { incoming: xfer::Incoming::default(), challenge };
+                                continue;
+                            }
                             s.outcome = match head.refusal() {
                                 Some(why) => Outcome::Refused(why),
                                 None => Outcome::Complete,
@@ -356,16 +364,26 @@ impl Server {
         }
     }
 
-    /// The native request may be whole: decide and start the reply. `Some(step)`: the
-    /// session is done (not our protocol after all).
+    /// The native request (or proof) may be whole: decide and start the reply.
+    /// `Some(step)`: the session is done (not our protocol after all).
     fn on_xfer_bytes(&mut self, s: &mut Session, now: Instant) -> Option<Step> {
-        let Phase::Xfer { incoming, refuse } = &s.phase else { return None };
-        let refuse = *refuse;
-        let (head, body) = match incoming.parse() {
-            xfer::Parsed::NeedMore => return None,
-            xfer::Parsed::NotOurs => return Some(finish(s, Outcome::NotOurs)),
-            xfer::Parsed::Malformed(why, version) => (xfer::Head::Refused { why, version }, 0..0),
-            xfer::Parsed::Request(req) => xfer::decide(&req, refuse, &s.snap, &self.admission),
+        let ip = s.peer.ip();
+        let (head, body) = match &s.phase {
+            Phase::Xfer { incoming, refuse } => match incoming.parse() {
+                xfer::Parsed::NeedMore => return None,
+                xfer::Parsed::NotOurs => return Some(finish(s, Outcome::NotOurs)),
+                xfer::Parsed::Malformed(why, version) => (xfer::Head::Refused { why, version }, 0..0),
+                xfer::Parsed::Whole(req) => match xfer::decide(&req, *refuse, &s.snap, &mut self.admission, ip, now) {
+                    xfer::Decision::Reply(head, body) => (head, body),
+                    xfer::Decision::Challenge(ch) => (xfer::Head::Challenge(ch), 0..0),
+                },
+            },
+            Phase::Proof { incoming, challenge } => match incoming.parse_proof() {
+                xfer::Parsed::NeedMore => return None,
+                xfer::Parsed::Whole(p) => xfer::decide_proof(&p, challenge, &s.snap, &mut self.admission, ip, now),
+                _ => (xfer::Head::Refused { why: Refusal::BadRequest, version: challenge.version }, 0..0),
+            },
+            _ => return None,
         };
         s.reply(Head::Xfer(head), body, &self.http, now);
         None
@@ -377,9 +395,16 @@ impl Server {
         let Phase::Http { refuse } = s.phase else { return false };
         s.snap.want_sha256();
         let Some(state) = s.http.as_mut() else { return false };
-        let ctx = http::Ctx { snap: &s.snap, admission: &self.admission, refuse, now: SystemTime::now() };
+        let mut ctx = http::Ctx {
+            snap: &s.snap,
+            admission: &mut self.admission,
+            ip: s.peer.ip(),
+            refuse,
+            now: SystemTime::now(),
+            when: now,
+        };
         let fresh = &self.inbox[..fresh.unwrap_or(0)];
-        match state.conn.feed(fresh, &ctx) {
+        match state.conn.feed(fresh, &mut ctx) {
             http::Fed::NeedMore => false,
             http::Fed::Reply(reply) => {
                 state.log = Some(reply.log);
@@ -496,7 +521,7 @@ impl Service for Server {
             // request when it is here, else in version 1, which every client reads.
             _ => {
                 let version = self.inbox.get(4).copied().filter(|v| got > 4 && (1..=2).contains(v)).unwrap_or(1);
-                xfer::render(xfer::Head::Refused { why, version }, &snap, &mut head)
+                xfer::render(&xfer::Head::Refused { why, version }, &snap, &mut head)
             }
         };
         // A fresh socket's send buffer takes these few bytes whole; if not, the client
@@ -520,6 +545,7 @@ impl Service for Server {
         };
         let deadline = match &s.phase {
             Phase::Start { refuse, .. } | Phase::Xfer { refuse, .. } => s.started + request(*refuse),
+            Phase::Proof { .. } => s.started + policy.request_timeout,
             Phase::Http { refuse } => {
                 if s.is_idle() {
                     s.request_since + http::KEEPALIVE_IDLE
@@ -800,7 +826,7 @@ mod tests {
     #[test]
     fn refusals_carry_a_reason() {
         let mut p = policy();
-        p.token = Some(*blake3::hash(b"secret").as_bytes());
+        p.token = Some(Arc::new(super::super::admit::Token::new(b"secret")));
         let (got, s) = serve_through(b"data", 5, 1 << 20, p.clone(), &req());
         assert!(matches!(s.outcome, Outcome::Refused(Refusal::BadToken)));
         match wire::decode_response(&got) {
@@ -809,9 +835,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let good = wire::encode_request(&wire::Request::v1(0, Some(*blake3::hash(b"secret").as_bytes())));
-        let (got, _) = serve_through(b"data", 5, 1 << 20, p, &good);
-        assert_eq!(got, expected(b"data"));
+        // Version 1's token is its digest, which anyone who saw it can replay: a server
+        // with a token takes it only by challenge-response, and refuses even the right one.
+        let v1 = wire::encode_request(&wire::Request::v1(0, Some(*blake3::hash(b"secret").as_bytes())));
+        let (_, s) = serve_through(b"data", 5, 1 << 20, p, &v1);
+        assert!(matches!(s.outcome, Outcome::Refused(Refusal::BadToken)), "{:?}", s.outcome);
 
         let mut v3 = req();
         v3[4] = 3;

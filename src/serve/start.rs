@@ -32,6 +32,10 @@ pub struct Options {
     pub max_per_ip: Option<usize>,
     pub allow: Vec<Cidr>,
     pub token: Option<Vec<u8>>,
+    /// The token was generated for this run: print it once, after the banner.
+    pub generated_token: bool,
+    /// Print HTTP links signed with the token, valid this long.
+    pub link_ttl: Option<Duration>,
     pub request_timeout: Duration,
     pub send_timeout: Duration,
     pub drain_timeout: Duration,
@@ -108,7 +112,7 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
         max_clients,
         max_per_ip: opts.max_per_ip.unwrap_or(usize::MAX),
         allow: opts.allow.clone(),
-        token: opts.token.as_ref().map(|t| *blake3::hash(t).as_bytes()),
+        token: opts.token.as_ref().map(|t| Arc::new(super::admit::Token::new(t))),
         request_timeout: opts.request_timeout,
         send_timeout: opts.send_timeout,
         quiet: opts.quiet,
@@ -117,6 +121,7 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
     let http = crate::serve::http::Config {
         max_age: opts.max_age,
         fallback_host: format!("{}:{}", host_of(addr), addr.port()),
+        links: opts.token.as_deref().map(crate::encoding::auth::Key::links),
     };
     let cfg = crate::reactor::Config {
         max_sessions: max_clients.saturating_add(slack),
@@ -165,6 +170,18 @@ pub fn run(opts: &Options) -> Result<crate::reactor::Exit, ServeError> {
     // printed once everything is set up, so whoever reads it finds a server in its steady
     // state (all descriptors open, signals handled).
     crate::say_out(format_args!("{}", banner(opts, addr, &snapshot)));
+    // Asked for: after the banner, never in it, and only ever here.
+    if opts.generated_token
+        && let Some(t) = &opts.token
+    {
+        crate::say_out(format_args!(
+            "token (shown only now; keep it in a file for --token-file): {}\n",
+            String::from_utf8_lossy(t)
+        ));
+    }
+    if let (Some(ttl), Some(key)) = (opts.link_ttl, &http.links) {
+        crate::say_out(format_args!("{}", signed_links(key, ttl, addr, &snapshot)));
+    }
     // From here on only the sessions and the shared cell hold snapshots, so a reload
     // really lets go of the old descriptor (and a replaced file's disk space).
     drop(snapshot);
@@ -233,6 +250,24 @@ fn banner(opts: &Options, addr: SocketAddr, snap: &Snapshot) -> String {
         shown(&opts.file),
         snap.size(),
         blake3::Hash::from_bytes(*snap.digest()).to_hex(),
+    )
+}
+
+/// Links to the file and to its page, signed with the token, that work without it until
+/// `ttl` from now.
+fn signed_links(key: &crate::encoding::auth::Key, ttl: Duration, addr: SocketAddr, snap: &Snapshot) -> String {
+    use crate::serve::http::link_query;
+    let now = std::time::SystemTime::now();
+    let expires = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().saturating_add(ttl).as_secs();
+    let until = crate::encoding::http::fmt_date(std::time::UNIX_EPOCH + Duration::from_secs(expires));
+    let base = format!("http://{}:{}", host_of(addr), addr.port());
+    let file = format!("/{}", crate::encoding::http::url_segment(snap.name()));
+    let mut file_bytes = b"/".to_vec();
+    file_bytes.extend_from_slice(snap.name());
+    format!(
+        "signed link to the file, valid until {until}: {base}{file}{}\nsigned link to its page: {base}/{}\n",
+        link_query(key, &file_bytes, expires),
+        link_query(key, b"/", expires),
     )
 }
 

@@ -1,18 +1,28 @@
-//! The native protocol on the server side: the 48-byte request collected as it arrives, the
-//! reply decided from it, and the reply's head rendered (docs/PROTOCOL.md).
+//! The native protocol on the server side: the 48-byte request (and, with a token, the
+//! client's proof) collected as they arrive, the reply decided from them, and the reply's
+//! head rendered (docs/PROTOCOL.md).
 //!
-//! Owns: the request's bytes until it is whole, and what the native client is told. Must
-//! never touch a socket: the session reads for it and the send path delivers what it
-//! decides.
+//! With a token, a version 2 client is challenged: the server sends a fresh nonce, the
+//! client answers with a proof bound to both nonces, and the success header carries the
+//! server's own MAC over what it says (size, digest, name, offset), so a client can tell
+//! the real server from an impostor. Version 1's token (its digest, replayable by anyone
+//! who saw it) is refused by a server with a token.
+//!
+//! Owns: the request's bytes until it is whole, the nonces of a challenge, and what the
+//! native client is told. Must never touch a socket: the session reads for it and the send
+//! path delivers what it decides.
 
+use std::net::IpAddr;
 use std::ops::Range;
+use std::time::Instant;
 
 use super::admit::{Admission, Refusal};
 use super::snapshot::Snapshot;
 use crate::encoding::Decoded;
-use crate::encoding::xfer::{self as wire, DecodeError, REQUEST_LEN};
+use crate::encoding::auth;
+use crate::encoding::xfer::{self as wire, DecodeError, PROOF_LEN, REQUEST_LEN};
 
-/// The request, collected as its bytes arrive.
+/// A request (or a proof), collected as its bytes arrive.
 #[derive(Debug, Clone)]
 pub struct Incoming {
     buf: [u8; REQUEST_LEN],
@@ -21,9 +31,9 @@ pub struct Incoming {
 
 /// What the bytes so far say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parsed {
+pub enum Parsed<T> {
     NeedMore,
-    Request(wire::Request),
+    Whole(T),
     /// Our protocol, but not a request we can serve: refuse it, in this version.
     Malformed(Refusal, u8),
     /// Not our protocol at all: close without an answer.
@@ -37,7 +47,7 @@ impl Default for Incoming {
 }
 
 impl Incoming {
-    /// Where the next bytes go: never more than the request still lacks, so nothing past
+    /// Where the next bytes go: never more than the message still lacks, so nothing past
     /// it is ever read (or buffered).
     pub fn spare(&mut self) -> &mut [u8] {
         &mut self.buf[self.got as usize..]
@@ -49,59 +59,139 @@ impl Incoming {
         self.got += n as u8;
     }
 
-    pub fn parse(&self) -> Parsed {
+    pub fn parse(&self) -> Parsed<wire::Request> {
         match wire::decode_request(&self.buf[..self.got as usize]) {
             Ok(Decoded::NeedMore(_)) => Parsed::NeedMore,
-            Ok(Decoded::Done(req, _)) => Parsed::Request(req),
+            Ok(Decoded::Done(req, _)) => Parsed::Whole(req),
             Err(DecodeError::BadMagic) => Parsed::NotOurs,
             // Told in version 1, which every client reads.
             Err(DecodeError::UnsupportedVersion(_)) => Parsed::Malformed(Refusal::UnsupportedVersion, wire::V1),
             Err(_) => Parsed::Malformed(Refusal::BadRequest, self.buf[4]),
         }
     }
+
+    pub fn parse_proof(&self) -> Parsed<wire::Proof> {
+        debug_assert_eq!(PROOF_LEN, REQUEST_LEN);
+        match wire::decode_proof(&self.buf[..self.got as usize]) {
+            Ok(Decoded::NeedMore(_)) => Parsed::NeedMore,
+            Ok(Decoded::Done(p, _)) => Parsed::Whole(p),
+            Err(_) => Parsed::Malformed(Refusal::BadRequest, wire::VERSION),
+        }
+    }
+}
+
+/// A challenge in progress: both nonces and what was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub client: [u8; 32],
+    pub server: [u8; 32],
+    pub offset: u64,
+    pub version: u8,
+    /// A verdict already reached (not allowed, busy, a penalised address): the proof is
+    /// still asked for, so every failure looks the same, and then this is the answer.
+    pub refuse: Option<Refusal>,
 }
 
 /// What a native reply begins with, in the version the client asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Head {
-    /// The success header: the snapshot's size and digest (and from version 2 its name).
-    /// The body follows.
-    Ok { version: u8 },
+    /// The success header: the snapshot's size and digest (and from version 2 its name,
+    /// and after a challenge the server's MAC). The body follows.
+    Ok { version: u8, mac: Option<Box<crate::encoding::Digest>> },
     /// A refusal header and its reason (and from version 2 when to try again); nothing
     /// follows.
     Refused { why: Refusal, version: u8 },
+    /// The server's nonce; the client's proof is read next.
+    Challenge(Box<Challenge>),
 }
 
-/// Decides the reply to a whole request: the head, and the byte range of the snapshot
-/// that follows it. `refuse`: a verdict already reached when the connection was accepted.
+/// What to do with a whole request.
+pub enum Decision {
+    Reply(Head, Range<u64>),
+    /// Challenge the client (it has a token; so has the server).
+    Challenge(Box<Challenge>),
+}
+
+/// Decides what a whole request gets. `refuse`: a verdict already reached when the
+/// connection was accepted.
 pub fn decide(
     req: &wire::Request,
     refuse: Option<Refusal>,
     snap: &Snapshot,
-    admission: &Admission,
-) -> (Head, Range<u64>) {
+    admission: &mut Admission,
+    ip: IpAddr,
+    now: Instant,
+) -> Decision {
+    let version = req.version;
+    let has_token = admission.native_key().is_some();
+    if let (Some(client), true) = (req.auth, has_token) {
+        let mut server = [0u8; 32];
+        if getrandom::fill(&mut server).is_err() {
+            // No randomness, no challenge worth the name.
+            return Decision::Reply(Head::Refused { why: Refusal::Changing, version }, 0..0);
+        }
+        return Decision::Challenge(Box::new(Challenge { client, server, offset: req.offset, version, refuse }));
+    }
     let verdict = match refuse {
         Some(why) => Err(why),
-        None => admission
-            .check_token(req.token.as_ref())
-            .and_then(|()| if req.offset > snap.size() { Err(Refusal::BadOffset) } else { Ok(req.offset) }),
+        // A server with a token takes it only by challenge-response: version 1's digest,
+        // or no token at all, is refused (and counts as a failed attempt).
+        None if has_token => Err(admission.judge(ip, false, now).err().unwrap_or(Refusal::BadToken)),
+        None if req.offset > snap.size() => Err(Refusal::BadOffset),
+        None => Ok(req.offset),
     };
-    let version = req.version;
     match verdict {
-        Ok(offset) => (Head::Ok { version }, offset..snap.size()),
-        Err(why) => (Head::Refused { why, version }, 0..0),
+        // A client that asked to be challenged by a server without a token gets an answer
+        // without a MAC, and refuses it itself.
+        Ok(offset) => Decision::Reply(Head::Ok { version, mac: None }, offset..snap.size()),
+        Err(why) => Decision::Reply(Head::Refused { why, version }, 0..0),
     }
+}
+
+/// Decides what a client's proof gets: the file with the server's MAC, or a refusal.
+pub fn decide_proof(
+    proof: &wire::Proof,
+    ch: &Challenge,
+    snap: &Snapshot,
+    admission: &mut Admission,
+    ip: IpAddr,
+    now: Instant,
+) -> (Head, Range<u64>) {
+    let version = ch.version;
+    let Some(key) = admission.native_key().cloned() else {
+        return (Head::Refused { why: Refusal::BadToken, version }, 0..0);
+    };
+    let want = key.client_proof(&ch.client, &ch.server, ch.offset, version);
+    let good = proof.offset == ch.offset && auth::same(&proof.proof, &want);
+    let verdict = admission.judge(ip, good, now).and_then(|()| match ch.refuse {
+        Some(why) => Err(why),
+        None if ch.offset > snap.size() => Err(Refusal::BadOffset),
+        None => Ok(()),
+    });
+    if let Err(why) = verdict {
+        return (Head::Refused { why, version }, 0..0);
+    }
+    let name = &snap.name()[..snap.name().len().min(wire::MAX_NAME)];
+    let header = wire::ok_header_v2(snap.size(), snap.digest(), name, true);
+    let mac = key.server_mac(&ch.client, &ch.server, &header, name, ch.offset);
+    (Head::Ok { version, mac: Some(Box::new(mac)) }, ch.offset..snap.size())
 }
 
 /// Renders the head into `out` (at least [`wire::MAX_RESPONSE_HEAD`] bytes); returns its
 /// length. The same head and snapshot always give the same bytes.
-pub fn render(head: Head, snap: &Snapshot, out: &mut [u8]) -> usize {
+pub fn render(head: &Head, snap: &Snapshot, out: &mut [u8]) -> usize {
     let mut buf = [0u8; wire::MAX_RESPONSE_HEAD];
     let n = match head {
-        Head::Ok { version } => wire::encode_ok_in(version, snap.size(), snap.digest(), snap.name(), &mut buf),
+        Head::Ok { version, mac } => {
+            wire::encode_ok_in(*version, snap.size(), snap.digest(), snap.name(), mac.as_deref(), &mut buf)
+        }
         Head::Refused { why, version } => {
             let hint = why.retry_after().map(|d| d.as_millis() as u64);
-            wire::encode_refusal_in(version, why.status(), why.reason(), hint, &mut buf)
+            wire::encode_refusal_in(*version, why.status(), why.reason(), hint, &mut buf)
+        }
+        Head::Challenge(ch) => {
+            buf[..wire::HEADER_LEN].copy_from_slice(&wire::encode_challenge(&ch.server));
+            wire::HEADER_LEN
         }
     };
     out[..n].copy_from_slice(&buf[..n]);

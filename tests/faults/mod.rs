@@ -85,7 +85,7 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         drain(&mut s, Pace::bursts(16 * 1024, 32 * 1024, Duration::from_millis(20)), Some(&p2), false)
     });
-    assert_eq!(r, Response::Ok { size, digest: dig, name: None });
+    assert_eq!(r, Response::Ok { size, digest: dig, name: None, mac: None });
 
     // 200 clients that send a request and never read: each one the server accepts holds
     // a descriptor (its body does not fit the 4 KiB window), the rest wait in the backlog.
@@ -292,7 +292,7 @@ fn tiny_window_bursty_reader_gets_exact_bytes() {
     let t = Instant::now();
     let (mut s, r) = request_header(server.addr, None, Some(4096));
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    assert_eq!(r, Response::Ok { size, digest: dig, name: None });
+    assert_eq!(r, Response::Ok { size, digest: dig, name: None, mac: None });
     // Case 18 on the side: while serving, the file is not mapped (a truncation would SIGBUS).
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap_or_default();
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -316,7 +316,7 @@ fn peer_reset_mid_transfer_others_untouched() {
     let others: Vec<_> = (0..3)
         .map(|_| {
             let (mut s, r) = request_header(addr, None, Some(64 * 1024));
-            assert_eq!(r, Response::Ok { size, digest: dig, name: None });
+            assert_eq!(r, Response::Ok { size, digest: dig, name: None, mac: None });
             thread::spawn(move || {
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 drain(&mut s, Pace::bursts(64 * 1024, 256 * 1024, Duration::from_millis(10)), None, false)
@@ -370,7 +370,7 @@ fn never_reading_client_times_out_others_keep_speed() {
     let timed = || {
         let t = Instant::now();
         let (r, d) = fetch_raw(addr, None, None, &request(None), Pace::fast(), false).expect("raw fetch");
-        assert_eq!(r, Response::Ok { size, digest: dig, name: None });
+        assert_eq!(r, Response::Ok { size, digest: dig, name: None, mac: None });
         assert!(d.is_exact(size, &dig));
         t.elapsed()
     };
@@ -541,7 +541,11 @@ fn max_per_ip_refuses_busy_other_address_served() {
 
     let (resp, d) = fetch_raw(addr, Some(ip(127, 0, 0, 2)), None, &request(None), Pace::fast(), false)
         .expect("client from 127.0.0.2");
-    assert_eq!(resp, Response::Ok { size, digest: dig, name: None }, "client from another address was not served");
+    assert_eq!(
+        resp,
+        Response::Ok { size, digest: dig, name: None, mac: None },
+        "client from another address was not served"
+    );
     assert!(d.is_exact(size, &dig));
     let ports: Vec<u16> = stuck.iter().map(port).collect();
     drop(stuck);
@@ -632,7 +636,7 @@ fn no_reset_after_last_byte_with_unread_input() {
         msg.extend_from_slice(&random_bytes(4096 + round * 30_000, 130 + round as u64));
         s.write_all(&msg).unwrap();
         let r = read_response(&mut s).expect("header");
-        assert_eq!(r, Response::Ok { size, digest: dig, name: None });
+        assert_eq!(r, Response::Ok { size, digest: dig, name: None, mac: None });
         // Slow, with long pauses near the end so the server finishes writing while the
         // tail is still queued in its socket.
         let mut h = blake3::Hasher::new();
@@ -682,7 +686,7 @@ fn edge_sizes_exact() {
         let r = fetch(&server.target(), &out, &[]);
         assert_fetched(&out, &r, &data);
         let (resp, d) = fetch_raw(server.addr, None, None, &request(None), Pace::fast(), true).unwrap();
-        assert_eq!(resp, Response::Ok { size: n as u64, digest: digest(&data), name: None }, "size {n}");
+        assert_eq!(resp, Response::Ok { size: n as u64, digest: digest(&data), name: None, mac: None }, "size {n}");
         assert!(d.err.is_none() && d.data == data, "size {n}: raw body differs");
         server.assert_healthy();
     }
@@ -777,7 +781,7 @@ fn file_truncated_while_served() {
         let mut server = Server::settled(&path, &[]);
         let (mut s, resp) = request_header(server.addr, None, Some(64 * 1024));
         let cport = port(&s);
-        assert_eq!(resp, Response::Ok { size, digest: dig, name: None });
+        assert_eq!(resp, Response::Ok { size, digest: dig, name: None, mac: None });
         let mut h = blake3::Hasher::new();
         let mut got = 0u64;
         let mut buf = vec![0u8; 64 * 1024];
@@ -1136,7 +1140,7 @@ fn allow_list_refuses_others() {
     let (status, _) = expect_refusal(server.addr, Some(ip(127, 0, 0, 1)), &request(None));
     assert_eq!(status, Status::Forbidden);
     let (resp, d) = fetch_raw(server.addr, Some(ip(127, 0, 0, 2)), None, &request(None), Pace::fast(), true).unwrap();
-    assert_eq!(resp, Response::Ok { size: data.len() as u64, digest: digest(&data), name: None });
+    assert_eq!(resp, Response::Ok { size: data.len() as u64, digest: digest(&data), name: None, mac: None });
     assert!(d.err.is_none() && d.data == data);
     server.assert_healthy();
 }
@@ -1160,9 +1164,12 @@ fn token_required() {
         }
         run_with_timeout(&mut c, 60)
     };
+    let tokens = tempdir();
+    let wrong = secret_file(tokens.path(), "wrong", b"nope\n");
+    let right = secret_file(tokens.path(), "right", b"s3cret\n");
     for (what, env, args) in [
         ("no token", None, &[][..]),
-        ("wrong --token", None, &["--token", "nope"][..]),
+        ("wrong --token-file", None, &["--token-file", wrong.to_str().unwrap()][..]),
         ("wrong XFER_TOKEN", Some("s3cre"), &[][..]),
     ] {
         let r = run(env, args);
@@ -1173,7 +1180,17 @@ fn token_required() {
     assert_eq!(status, Status::BadToken);
     let (status, _) = expect_refusal(server.addr, None, &request(Some("wrong")));
     assert_eq!(status, Status::BadToken);
-    let r = run(None, &["--token", "s3cret"]);
+    // Five failures from this address earned a short penalty (docs/SECURITY.md): until it
+    // passes even the right token is refused the same way; after it, it is served.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let r = loop {
+        let r = run(None, &["--token-file", right.to_str().unwrap()]);
+        if r.status.success() || Instant::now() > deadline {
+            break r;
+        }
+        assert_failed_clean(&r, &[6], &outdir, &[]);
+        thread::sleep(Duration::from_millis(250));
+    };
     assert_fetched(&out, &r, &data);
     std::fs::remove_file(&out).unwrap();
     let r = run(Some("s3cret"), &[]);
