@@ -23,7 +23,8 @@ Exit codes:
   2    usage: bad arguments
   3    network: cannot resolve, connect or bind; timed out; connection lost; HTTP 5xx
   4    protocol or verification: not an xfer server, malformed header, digest mismatch,
-       HTTP 404 and other 4xx, an unusable file name from the server
+       a server that failed to prove the token, HTTP 404 and other 4xx, an unusable file
+       name from the server
   5    local file: input missing, unreadable or not a regular file; bad output path; disk
        full; the output locked by another fetch
   6    refused by the server: not allowed, bad token, busy, paused, unsupported version;
@@ -449,6 +450,7 @@ fn serve(a: ServeArgs) -> i32 {
         allow,
         token,
         generated_token,
+        token_file: a.token_file,
         link_ttl: a.link_ttl,
         request_timeout: a.request_timeout,
         send_timeout: a.send_timeout,

@@ -673,19 +673,21 @@ fn item19_messages_read_cleanly() {
     // The fetch hint is quoted, and pasting it into a shell works.
     let mut server = Server::start(&file, &["--allow", "10.0.0.0/8", "--allow", "127.0.0.1"]);
     let hint = fetch_hint(&server);
-    assert_eq!(hint, format!("xfer fetch {} 'output_file/my file.txt'", server.target()));
+    let digest = blake3::hash(b"spaces in the name\n").to_hex();
+    assert_eq!(hint, format!("xfer fetch {} 'output_file/my file.txt' --expect blake3:{digest}", server.target()));
     let work = tempdir();
     std::fs::create_dir(work.path().join("output_file")).unwrap();
     let bindir = Path::new(bin()).parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap_or_default());
-    let res = run_with_timeout(Command::new("sh").arg("-c").arg(&hint).current_dir(work.path()).env("PATH", path), 20);
+    let res = run_with_timeout(Command::new("sh").arg("-c").arg(&hint).current_dir(work.path()).env("PATH", &path), 20);
     assert_eq!(code(&res), Some(0), "{hint}: {}", describe(&res));
     assert_eq!(std::fs::read(work.path().join("output_file/my file.txt")).unwrap(), b"spaces in the name\n");
     // The summary uses decimal units.
     let summary = stderr_text(&res);
     assert!(summary.contains("B/s") && !summary.contains("iB"), "{summary}");
 
-    // With a token, the hint carries a --token the shell fills in.
+    // With a token from the environment, the hint never shows it (fetch reads $XFER_TOKEN
+    // itself) and a line says a token is needed; from a file, the hint names the file.
     let t = Server::spawn(
         Command::new(bin())
             .arg("serve")
@@ -694,7 +696,19 @@ fn item19_messages_read_cleanly() {
             .env("XFER_TOKEN", "s3"),
     );
     let hint = fetch_hint(&t);
-    assert!(hint.ends_with("--token \"$XFER_TOKEN\""), "{hint:?}");
+    assert!(hint.ends_with(&format!("--expect blake3:{digest}")) && !hint.contains("s3"), "{hint:?}");
+    let noted =
+        wait_until(Duration::from_secs(10), || t.stdout_lines().iter().any(|l| l.starts_with("a token is required")));
+    assert!(noted, "{:?}", t.stdout_lines());
+    let tokens = tempdir();
+    let token_file = secret_file(tokens.path(), "the token", b"s3\n");
+    let t = Server::start(&file, &["--token-file", token_file.to_str().unwrap()]);
+    let hint = fetch_hint(&t);
+    assert!(hint.ends_with(&format!("--token-file '{}'", token_file.display())), "{hint:?}");
+    std::fs::remove_file(work.path().join("output_file/my file.txt")).unwrap();
+    let res = run_with_timeout(Command::new("sh").arg("-c").arg(&hint).current_dir(work.path()).env("PATH", &path), 20);
+    assert_eq!(code(&res), Some(0), "{hint}: {}", describe(&res));
+    assert_eq!(std::fs::read(work.path().join("output_file/my file.txt")).unwrap(), b"spaces in the name\n");
 
     // A refusal's log line: no nested parentheses, no byte count or rate.
     let s2 = Server::start(&file, &["--allow", "10.0.0.0/8"]);

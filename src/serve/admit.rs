@@ -76,6 +76,11 @@ pub enum Refusal {
     /// Its address is not in `--allow`.
     Forbidden,
     BadToken,
+    /// A version 1 request to a server with a token: version 1 cannot prove one safely.
+    TokenNeedsV2,
+    /// HTTP: a signed link whose signature is wrong (403), or whose time is up (410).
+    LinkForged,
+    LinkExpired,
     /// The server is at `--max-clients`.
     Busy,
     /// Its address is at `--max-per-ip`.
@@ -94,7 +99,7 @@ impl Refusal {
     pub fn status(self) -> Status {
         match self {
             Refusal::Forbidden => Status::Forbidden,
-            Refusal::BadToken => Status::BadToken,
+            Refusal::BadToken | Refusal::TokenNeedsV2 | Refusal::LinkForged | Refusal::LinkExpired => Status::BadToken,
             Refusal::Busy | Refusal::BusyFromYou => Status::Busy,
             Refusal::Changing | Refusal::Paused => Status::Unavailable,
             Refusal::BadRequest => Status::BadRequest,
@@ -119,6 +124,11 @@ impl Refusal {
             Refusal::BusyFromYou => "server busy: too many clients from your address; try again later",
             Refusal::Changing => "the file is being changed on the server; try again shortly",
             Refusal::Paused => "server paused; try again shortly",
+            Refusal::LinkForged => "this link is not valid",
+            Refusal::LinkExpired => "this link has expired; ask for a new one",
+            Refusal::TokenNeedsV2 => {
+                "this server takes its token by challenge-response (protocol version 2); upgrade xfer"
+            }
             other => other.status().default_reason(),
         }
     }
@@ -232,8 +242,10 @@ impl Admission {
     /// as a success or a failure of `ip` (see [`Admission::judge`]).
     pub fn check_token(&mut self, ip: IpAddr, presented: Option<&Digest>, now: Instant) -> Result<(), Refusal> {
         let Some(want) = self.policy.token.as_ref().map(|t| t.digest) else { return Ok(()) };
-        let good = presented.is_some_and(|got| crate::encoding::auth::same(got, &want));
-        self.judge(ip, good, now)
+        // No credentials is no guess (a browser asks without them first): refused, not
+        // counted.
+        let Some(got) = presented else { return Err(Refusal::BadToken) };
+        self.judge(ip, crate::encoding::auth::same(got, &want), now)
     }
 
     /// The key of the native challenge-response, when there is a token.
@@ -252,6 +264,7 @@ impl Admission {
     /// growing while. Other addresses are never slowed. A penalty is logged once, when it
     /// starts or grows; nothing about the token is.
     pub fn judge(&mut self, ip: IpAddr, good: bool, now: Instant) -> Result<(), Refusal> {
+        let ip = guesser(ip);
         let mut limits = lock(&self.limits);
         let strikes = &mut limits.strikes;
         let penalised = strikes.get(&ip).and_then(|s| s.until).is_some_and(|u| now < u);
@@ -299,6 +312,16 @@ impl Admission {
     /// Clients in flight in the whole server.
     pub fn in_flight(&self) -> usize {
         lock(&self.limits).active
+    }
+}
+
+/// Who is counted for failed attempts: an IPv4 address, or an IPv6 /64, the block a single
+/// host or site usually gets (counting single IPv6 addresses would let one host guess from
+/// 2^64 of them).
+fn guesser(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
+        v4 => v4,
     }
 }
 
@@ -454,6 +477,18 @@ mod tests {
         assert_eq!(a.judge(bad, true, t0 + MAX_PENALTY + Duration::from_secs(1)), Ok(()));
         assert_eq!(a.judge(bad, false, t0 + MAX_PENALTY + Duration::from_secs(2)), Err(Refusal::BadToken));
         assert_eq!(a.judge(bad, true, t0 + MAX_PENALTY + Duration::from_secs(3)), Ok(()), "forgiven again");
+    }
+
+    #[test]
+    fn an_ipv6_block_guesses_as_one() {
+        let mut a = Admission::new(policy(), Arc::default());
+        let t0 = Instant::now();
+        for i in 0..=FREE_FAILURES {
+            let addr = ip(&format!("2001:db8::{:x}", i + 1));
+            assert_eq!(a.judge(addr, false, t0), Err(Refusal::BadToken));
+        }
+        assert_eq!(a.judge(ip("2001:db8::ffff:1"), true, t0), Err(Refusal::BadToken), "same /64: penalised");
+        assert_eq!(a.judge(ip("2001:db8:0:1::1"), true, t0), Ok(()), "the next /64 is not");
     }
 
     #[test]

@@ -55,9 +55,6 @@ pub enum Kind {
     MethodNotAllowed,
     Refused(Refusal),
     Bad(wire::Error),
-    /// A signed link whose signature is wrong (403), or whose time is up (410).
-    LinkForged,
-    LinkExpired,
 }
 
 /// What an HTTP reply begins with: everything needed to render its head (and the small
@@ -261,7 +258,9 @@ pub fn refusal(why: Refusal, now: SystemTime) -> Head {
 fn refusal_status(why: Refusal) -> u16 {
     match why {
         Refusal::Forbidden => 403,
-        Refusal::BadToken => 401,
+        Refusal::BadToken | Refusal::TokenNeedsV2 => 401,
+        Refusal::LinkForged => 403,
+        Refusal::LinkExpired => 410,
         _ => 503,
     }
 }
@@ -315,9 +314,9 @@ pub fn decide(req: &wire::Request<'_>, ctx: &mut Ctx<'_>, served: u32) -> Reply 
     // A signed link is a credential of its own: the path and its expiry, signed with the
     // token. Wrong: 403 (and a failed attempt); expired: 410.
     match signed_link(req.target, ctx) {
-        Some(Err(kind)) => {
-            let status = if kind == Kind::LinkExpired { 410 } else { 403 };
-            return Reply { head: error_head(status, kind, head_only, ctx.now), body: 0..0, log };
+        Some(Err(why)) => {
+            let head = error_head(refusal_status(why), Kind::Refused(why), head_only, ctx.now);
+            return Reply { head, body: 0..0, log };
         }
         Some(Ok(expires)) => head.link_expires = Some(expires),
         None => {}
@@ -362,7 +361,7 @@ pub fn decide(req: &wire::Request<'_>, ctx: &mut Ctx<'_>, served: u32) -> Reply 
 
 /// A signed link's verdict: `None` when the target carries no signature (or the server has
 /// no token to check one with), else its expiry or why it is refused.
-fn signed_link(target: &str, ctx: &mut Ctx<'_>) -> Option<Result<u64, Kind>> {
+fn signed_link(target: &str, ctx: &mut Ctx<'_>) -> Option<Result<u64, Refusal>> {
     let sig = wire::query_param(target, "sig")?;
     let key = ctx.admission.link_key()?.clone();
     let expires: Option<u64> = wire::query_param(target, "expires").and_then(|e| e.parse().ok());
@@ -373,11 +372,11 @@ fn signed_link(target: &str, ctx: &mut Ctx<'_>) -> Option<Result<u64, Kind>> {
         _ => false,
     };
     if ctx.admission.judge(ctx.ip, good, ctx.when).is_err() {
-        return Some(Err(Kind::LinkForged));
+        return Some(Err(Refusal::LinkForged));
     }
     let expires = expires?;
     if seconds(ctx.now) > expires {
-        return Some(Err(Kind::LinkExpired));
+        return Some(Err(Refusal::LinkExpired));
     }
     Some(Ok(expires))
 }
@@ -571,7 +570,7 @@ fn write_head(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, body_len
             o.write_str("Retry-After: 1\r\n")?;
             text_type(o, body_len)?;
         }
-        Kind::NotFound | Kind::Bad(_) | Kind::LinkForged | Kind::LinkExpired => text_type(o, body_len)?,
+        Kind::NotFound | Kind::Bad(_) => text_type(o, body_len)?,
     }
     if h.close {
         o.write_str("Connection: close\r\n")?;
@@ -630,8 +629,6 @@ fn write_body(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config) -> std::
         Kind::MethodNotAllowed => o.write_str("method not allowed; use GET or HEAD\n"),
         Kind::Refused(why) => writeln!(o, "{}", why.reason()),
         Kind::Bad(e) => writeln!(o, "{e}"),
-        Kind::LinkForged => o.write_str("this link is not valid\n"),
-        Kind::LinkExpired => o.write_str("this link has expired; ask for a new one\n"),
     }
 }
 

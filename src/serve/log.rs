@@ -34,7 +34,9 @@ pub fn http_response(s: &Session, log: &http::Log, head: &http::Head) {
         format!("{} {} {} {}{range}", s.peer, log.method.as_str(), log.path.shown(s.snap_name()), head.status);
     match &s.outcome {
         Outcome::Refused(why) => crate::say!("{request} refused: {}", why.reason()),
-        other => crate::say!("{request} {}: {}", outcome(other), amount(s)),
+        // Only the file's replies count bytes: a page or a checksum line is not the file.
+        other if head.kind == http::Kind::File => crate::say!("{request} {}: {}", outcome(other), amount(s)),
+        other => crate::say!("{request} {}", outcome(other)),
     }
 }
 

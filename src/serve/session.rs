@@ -373,7 +373,7 @@ impl Server {
                 xfer::Parsed::NeedMore => return None,
                 xfer::Parsed::NotOurs => return Some(finish(s, Outcome::NotOurs)),
                 xfer::Parsed::Malformed(why, version) => (xfer::Head::Refused { why, version }, 0..0),
-                xfer::Parsed::Whole(req) => match xfer::decide(&req, *refuse, &s.snap, &mut self.admission, ip, now) {
+                xfer::Parsed::Whole(req) => match xfer::decide(&req, *refuse, &s.snap, &self.admission) {
                     xfer::Decision::Reply(head, body) => (head, body),
                     xfer::Decision::Challenge(ch) => (xfer::Head::Challenge(ch), 0..0),
                 },
@@ -827,8 +827,10 @@ mod tests {
     fn refusals_carry_a_reason() {
         let mut p = policy();
         p.token = Some(Arc::new(super::super::admit::Token::new(b"secret")));
-        let (got, s) = serve_through(b"data", 5, 1 << 20, p.clone(), &req());
-        assert!(matches!(s.outcome, Outcome::Refused(Refusal::BadToken)));
+        // No token at all, in version 2: a plain "missing or wrong token".
+        let v2 = wire::encode_request(&wire::Request::new(0));
+        let (got, s) = serve_through(b"data", 5, 1 << 20, p.clone(), &v2);
+        assert!(matches!(s.outcome, Outcome::Refused(Refusal::BadToken)), "{:?}", s.outcome);
         match wire::decode_response(&got) {
             Ok(Decoded::Done(wire::Response::Refused { status: Status::BadToken, .. }, n)) => {
                 assert_eq!(n, got.len())
@@ -838,8 +840,17 @@ mod tests {
         // Version 1's token is its digest, which anyone who saw it can replay: a server
         // with a token takes it only by challenge-response, and refuses even the right one.
         let v1 = wire::encode_request(&wire::Request::v1(0, Some(*blake3::hash(b"secret").as_bytes())));
-        let (_, s) = serve_through(b"data", 5, 1 << 20, p, &v1);
-        assert!(matches!(s.outcome, Outcome::Refused(Refusal::BadToken)), "{:?}", s.outcome);
+        // Status 4 all the same, with a reason that says what to do.
+        for v1 in [v1, req()] {
+            let (got, s) = serve_through(b"data", 5, 1 << 20, p.clone(), &v1);
+            assert!(matches!(s.outcome, Outcome::Refused(Refusal::TokenNeedsV2)), "{:?}", s.outcome);
+            match wire::decode_response(&got) {
+                Ok(Decoded::Done(wire::Response::Refused { status: Status::BadToken, reason, .. }, _)) => {
+                    assert!(reason.contains("upgrade"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
 
         let mut v3 = req();
         v3[4] = 3;

@@ -34,6 +34,8 @@ pub struct Options {
     pub token: Option<Vec<u8>>,
     /// The token was generated for this run: print it once, after the banner.
     pub generated_token: bool,
+    /// Where the token was read from, for the banner's fetch command (never the token).
+    pub token_file: Option<PathBuf>,
     /// Print HTTP links signed with the token, valid this long.
     pub link_ttl: Option<Duration>,
     pub request_timeout: Duration,
@@ -242,14 +244,27 @@ fn banner(opts: &Options, addr: SocketAddr, snap: &Snapshot) -> String {
     let name = opts.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "copy".into());
     let target = shell_quote(&format!("{host}:{}", addr.port())).into_owned();
     let out = shell_quote(&format!("output_file/{name}")).into_owned();
-    let token = if opts.token.is_some() { " --token \"$XFER_TOKEN\"" } else { "" };
+    // The command pins the digest (--expect), so whoever copies it from here gets this file
+    // or nothing. A token is named only by where it lives: a token file, or $XFER_TOKEN,
+    // which fetch reads by itself; never by its value.
+    let token = match (&opts.token, &opts.token_file) {
+        (Some(_), Some(file)) => format!(" --token-file {}", shell_quote(&file.to_string_lossy())),
+        _ => String::new(),
+    };
+    let token_note = if opts.token.is_some() {
+        "a token is required: fetch reads it from --token-file FILE or $XFER_TOKEN; \
+         HTTP clients send `Authorization: Bearer TOKEN`\n"
+    } else {
+        ""
+    };
+    let digest = blake3::Hash::from_bytes(*snap.digest()).to_hex();
     let url = format!("http://{host}:{}/{}", addr.port(), crate::encoding::http::url_segment(snap.name()));
     format!(
-        "listening on {addr}\nserving {}: {} bytes, blake3 {}\nfetch it with: xfer fetch {target} {out}{token}\n\
-         or over HTTP (curl, wget, a browser): {url}\n",
+        "listening on {addr}\nserving {}: {} bytes, blake3 {digest}\n\
+         fetch it with: xfer fetch {target} {out} --expect blake3:{digest}{token}\n\
+         or over HTTP (curl, wget, a browser): {url}\n{token_note}",
         shown(&opts.file),
         snap.size(),
-        blake3::Hash::from_bytes(*snap.digest()).to_hex(),
     )
 }
 

@@ -114,14 +114,7 @@ pub enum Decision {
 
 /// Decides what a whole request gets. `refuse`: a verdict already reached when the
 /// connection was accepted.
-pub fn decide(
-    req: &wire::Request,
-    refuse: Option<Refusal>,
-    snap: &Snapshot,
-    admission: &mut Admission,
-    ip: IpAddr,
-    now: Instant,
-) -> Decision {
+pub fn decide(req: &wire::Request, refuse: Option<Refusal>, snap: &Snapshot, admission: &Admission) -> Decision {
     let version = req.version;
     let has_token = admission.native_key().is_some();
     if let (Some(client), true) = (req.auth, has_token) {
@@ -134,9 +127,11 @@ pub fn decide(
     }
     let verdict = match refuse {
         Some(why) => Err(why),
-        // A server with a token takes it only by challenge-response: version 1's digest,
-        // or no token at all, is refused (and counts as a failed attempt).
-        None if has_token => Err(admission.judge(ip, false, now).err().unwrap_or(Refusal::BadToken)),
+        // A server with a token takes it only by challenge-response: version 1's digest is
+        // a replayable credential, so it is refused unchecked (not counted as a guess, like
+        // no token at all).
+        None if has_token && req.version < 2 => Err(Refusal::TokenNeedsV2),
+        None if has_token => Err(Refusal::BadToken),
         None if req.offset > snap.size() => Err(Refusal::BadOffset),
         None => Ok(req.offset),
     };

@@ -226,7 +226,9 @@ pub fn read_banner(child: &mut Child, context: impl Fn() -> String) -> (SocketAd
             sink.lock().unwrap().push(line);
         }
     });
-    let first = match rx.recv_timeout(Duration::from_secs(20)) {
+    // A hang bound, not a speed limit: a 4 GiB file is hashed before the banner, and the
+    // machine may be busy with other suites.
+    let first = match rx.recv_timeout(Duration::from_secs(90)) {
         Ok(l) => l,
         Err(_) => {
             let _ = child.kill();
