@@ -1,10 +1,12 @@
 //! Issue 10: fetch keeps what a failed attempt received and the same command resumes it,
-//! retries what can be retried, and fetches from any HTTP/1.1 server.
+//! retries what can be retried, fetches from any HTTP/1.1 server, and saves under the
+//! server's name when the output is a directory.
 //!
 //! The parts: `native` (resume and retry against `xfer serve`: cuts, a replaced file,
 //! damaged partials, two fetches into one output, a busy or restarted server, signals),
 //! `http` (nginx, xfer's own HTTP side, and hand-written servers for what nginx will not
-//! do: no ranges, chunked and close-delimited bodies).
+//! do: no ranges, chunked and close-delimited bodies), `names` (directory outputs, hostile
+//! names over both protocols, no output at all, a version 1 server).
 //!
 //! Here: the helpers they share. Tools: nginx runs from its own config in a temporary
 //! directory, and strace holds one race's window open; when a tool is missing, the tests
@@ -13,6 +15,7 @@
 //! time, on loopback only.
 
 mod http;
+mod names;
 mod native;
 
 use std::io::{Read, Write};
@@ -293,6 +296,10 @@ impl Scripted {
         Scripted { addr, stop, thread: Some(thread) }
     }
 
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -318,6 +325,11 @@ pub fn read_http_head(s: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&head).into_owned()
+}
+
+/// The request target of a request head (`GET /x HTTP/1.1` → `/x`).
+pub fn request_path(head: &str) -> String {
+    head.split_whitespace().nth(1).unwrap_or("").to_string()
 }
 
 /// A header's value in a request head (first match, name case-insensitive).
