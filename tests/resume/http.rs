@@ -379,3 +379,30 @@ fn a_server_sending_no_digest_is_reported_not_verified() {
     assert!(line.contains("not verified"), "summary: {line}");
     assert!(!line.replace("not verified", "").contains("verified"), "claims a verification: {line}");
 }
+
+#[test]
+fn a_503_with_retry_after_is_retried_after_that_time_then_fetched() {
+    let data = random_bytes(100_000, 20_013);
+    let body = data.clone();
+    let server = Scripted::start(2, move |n, mut s| {
+        read_http_head(&mut s);
+        let reply = if n == 0 {
+            http_response("503 Service Unavailable", &["Retry-After: 1".into(), "Content-Length: 0".into()], b"")
+        } else {
+            http_response("200 OK", &[format!("Content-Length: {}", body.len())], &body)
+        };
+        send_and_close(s, &reply);
+    });
+    let dir = tempdir();
+    let out = dir.path().join("copy.bin");
+    let res = fetch_default(&server.url("/data.bin"), &out, &[]);
+    assert_fetched(&out, &res, &data);
+    let retries = retry_lines(&stderr_of(&res));
+    assert_eq!(retries.len(), 1, "one 503, one retry:\n{}", stderr_of(&res));
+    // The first backoff alone would be 0.4-0.6 s.
+    assert!(
+        retries[0].contains("503") && retries[0].contains("retrying in 1.0 s"),
+        "Retry-After: 1 ignored: {}",
+        retries[0]
+    );
+}
