@@ -128,8 +128,21 @@ pub fn cut_once(proxy: &Proxy, source: &str, out: &Path, at: u64, head: u64, ext
         dir_names(out.parent().unwrap())
     );
     let kept = len_of(&part);
-    assert_eq!(kept, at - head, "the partial must hold every byte that arrived before the cut\n{}", describe(&res));
+    let got = lost_after(line).unwrap_or_else(|| panic!("the error must say how much arrived: {line}"));
+    assert_eq!(kept, got, "the partial must hold every byte that arrived\n{}", describe(&res));
+    // Everything before the cut arrives, unless the proxy's close reached the client as a
+    // reset (seen now and then on a busy machine), which drops what was still in flight.
+    if line.contains("reset") {
+        assert!(got <= at - head, "more arrived than was sent: {line}");
+    } else {
+        assert_eq!(got, at - head, "not every byte before the cut arrived\n{}", describe(&res));
+    }
     kept
+}
+
+/// The byte count of a "connection lost after N of …" error (or retry) line.
+pub fn lost_after(line: &str) -> Option<u64> {
+    line.split("connection lost after ").nth(1)?.split(' ').next()?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------
