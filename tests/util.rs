@@ -275,7 +275,6 @@ pub fn fetch_command(target: &str, out: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
-#[allow(dead_code)] // used by the resume tests
 /// `xfer fetch TARGET OUT EXTRA...` with fetch's own defaults (retries, resuming).
 pub fn fetch_default(target: &str, out: &Path, extra: &[&str]) -> Output {
     run_with_timeout(&mut fetch_default_command(target, out, extra), 120)

@@ -161,6 +161,11 @@ impl Proxy {
         self.shared.down_bytes.load(Ordering::SeqCst)
     }
 
+    /// Bytes forwarded client → server so far, over all connections.
+    pub fn up_bytes(&self) -> u64 {
+        self.shared.up_bytes.load(Ordering::SeqCst)
+    }
+
     /// Local ports of the proxy's connections to the server, in connection order.
     pub fn server_ports(&self) -> Vec<u16> {
         self.shared.server_ports.lock().unwrap().clone()
