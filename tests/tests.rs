@@ -10,4 +10,5 @@ mod defects;
 mod faults;
 mod promises;
 mod regressions;
+mod security;
 mod signals;
