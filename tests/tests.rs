@@ -11,4 +11,5 @@ mod faults;
 mod promises;
 mod regressions;
 mod resume;
+mod security;
 mod signals;
