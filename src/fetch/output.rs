@@ -285,17 +285,7 @@ impl Temp {
             Some(_) => {
                 let (path, info) = partial::paths(&target);
                 let mut pending = pending();
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(mode)
-                    .open(&path)
-                    .map_err(|e| path_error(&path, e))?;
-                if !partial::lock(&file).map_err(|e| path_error(&path, e))? {
-                    return Err(FetchError::Locked(target));
-                }
+                let file = open_locked(&path, mode)?.ok_or_else(|| FetchError::Locked(target.clone()))?;
                 *pending = Some(Pending { path: path.clone(), info: Some(info.clone()), keep: false });
                 (path, file, Some(info))
             }
@@ -310,6 +300,15 @@ impl Temp {
         if temp.found.is_none() {
             // Bytes without a record of what they are cannot be trusted: start afresh.
             temp.truncate(0)?;
+        } else if temp.resume_point().is_some() {
+            // What an earlier attempt kept stays kept until this one proves it wrong
+            // (discard) or starts its own bytes (begin): a failure before the server
+            // answers, or a signal while waiting for it, must not lose it.
+            temp.written = true;
+            temp.keep = true;
+            if let Some(p) = pending().as_mut() {
+                p.keep = true;
+            }
         }
         if let Some(m) = old {
             temp.take_attributes(m)?;
@@ -357,6 +356,8 @@ impl Temp {
     pub fn begin(&mut self, offset: u64, record: Option<Record>) -> Result<(), FetchError> {
         self.truncate(offset)?;
         self.found = None;
+        // From here, whether to keep the partial is decided by how this attempt ends.
+        self.keep = false;
         if let (Some(info), Some(r)) = (&self.info, record.filter(Record::resumable)) {
             partial::write_record(info, &r).map_err(|e| path_error(info, e))?;
             self.written = true;
@@ -373,6 +374,7 @@ impl Temp {
     pub fn discard(&mut self) -> Result<(), FetchError> {
         self.found = None;
         self.written = false;
+        self.keep = false;
         if let Some(p) = pending().as_mut() {
             p.keep = false;
         }
@@ -429,16 +431,19 @@ impl Temp {
         file.sync_all().map_err(|e| path_error(&self.path, e))?;
         {
             let mut pending = pending();
+            // The record goes first, while the lock is held: once the lock is released it
+            // may already be the record of another fetch's new partial.
+            if let Some(info) = &self.info {
+                let _ = std::fs::remove_file(info);
+            }
             std::fs::rename(&self.path, &self.target).map_err(|e| path_error(&self.target, e))?;
             *pending = None;
             self.committed = true;
         }
-        // The lock goes with the descriptor, after the rename: no other fetch could take
-        // the partial in between.
+        // The lock goes with the descriptor, after the rename: a fetch that opened the
+        // partial meanwhile finds, once it has the lock, that the name no longer leads to
+        // it (open_locked), and starts a partial of its own.
         drop(file);
-        if let Some(info) = &self.info {
-            let _ = std::fs::remove_file(info);
-        }
         let dir = parent_dir(&self.target);
         // The rename is only durable once the directory is; a failure here is reported
         // although the file is already in place.
@@ -462,6 +467,36 @@ impl Drop for Temp {
     }
 }
 
+/// Opens (or creates) the stable partial at `path` and takes its lock; `None` if another
+/// fetch holds it. Opening and locking are two steps: if the file was renamed into place by
+/// the fetch that held the lock in between, the lock is on the finished output, and writing
+/// there would destroy it; so the name must still lead to the locked file, or it is opened
+/// again.
+fn open_locked(path: &Path, mode: u32) -> Result<Option<File>, FetchError> {
+    for _ in 0..MAX_LINKS {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| path_error(path, e))?;
+        if !partial::lock(&file).map_err(|e| path_error(path, e))? {
+            return Ok(None);
+        }
+        let held = file.metadata().map_err(|e| path_error(path, e))?;
+        match std::fs::symlink_metadata(path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
+            // Renamed away (or replaced) between open and lock: try the name again.
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(path_error(path, e)),
+        }
+    }
+    Err(path_error(path, io::Error::other("the partial keeps being replaced")))
+}
+
 /// On SIGINT, SIGTERM or SIGHUP: removes the temporary file, or keeps a partial that can
 /// be resumed; says so, and exits with 128 + the signal's number, as a shell reports a
 /// process killed by it.
@@ -480,7 +515,7 @@ pub fn install_signal_cleanup() {
         // After the ^C a terminal echoes (and a progress bar), start on a fresh line.
         let nl = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "\n" } else { "" };
         match pending.as_ref() {
-            Some(p) if p.keep => {
+            Some(p) if p.keep && std::fs::metadata(&p.path).is_ok_and(|m| m.len() > 0) => {
                 let len = std::fs::metadata(&p.path).map_or(0, |m| m.len());
                 crate::say!(
                     "{nl}xfer: fetch: interrupted ({name}); kept {} in {}; run the same command again to resume",

@@ -37,6 +37,11 @@ const BUFS: usize = 4;
 /// Longest a single receive call waits: how often silence is measured and progress shown.
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// A buffer is handed to the writer when full, or once it has waited this long with some
+/// bytes in it: on a slow link an interrupted fetch keeps all but the last second or so of
+/// what arrived, not up to a whole buffer.
+const HAND_OVER_AFTER: Duration = Duration::from_secs(1);
+
 /// Start writeback of the temporary file every this many bytes, so the disk works while
 /// the network does and the final fsync only waits for the tail.
 const WRITEBACK_EVERY: u64 = 16 << 20;
@@ -184,6 +189,7 @@ pub fn receive(job: Job<'_>, progress: &mut dyn FnMut(u64)) -> Result<Received, 
             _ => BUF_SIZE,
         };
         let Ok(mut data) = pool_rx.recv() else { break };
+        let since = Instant::now();
         let mut len = 0usize;
         let mut ended = false;
         // Bytes that came with the head go first.
@@ -202,7 +208,7 @@ pub fn receive(job: Job<'_>, progress: &mut dyn FnMut(u64)) -> Result<Received, 
                 }
                 Ok(n) => {
                     len += n;
-                    if !all {
+                    if !all || since.elapsed() >= HAND_OVER_AFTER {
                         break;
                     }
                     progress(got + len as u64);

@@ -262,9 +262,7 @@ impl Server {
                         Some(Protocol::Unknown) => return finish(s, Outcome::NotOurs),
                         Some(Protocol::Xfer) => {
                             let mut incoming = xfer::Incoming::default();
-                            let take = data.len().min(incoming.spare().len());
-                            incoming.spare()[..take].copy_from_slice(&data[..take]);
-                            incoming.filled(take);
+                            incoming.seed(data);
                             s.phase = Phase::Xfer { incoming, refuse };
                             if let Some(step) = self.on_xfer_bytes(s, now) {
                                 return step;
@@ -330,9 +328,14 @@ impl Server {
                     match r {
                         Sent::Done => {
                             if let Head::Xfer(xfer::Head::Challenge(ch)) = head {
-                                // The nonce is out; the proof comes next.
-                                let challenge = ch.clone();
-                                s.phase = Phase::Proof { incoming: xfer::Incoming::default(), challenge };
+                                // The nonce is out; the proof comes next (or came already,
+                                // with the request: then it is answered without a read).
+                                let mut challenge = ch.clone();
+                                let incoming = std::mem::take(&mut challenge.early);
+                                s.phase = Phase::Proof { incoming, challenge };
+                                if let Some(step) = self.on_xfer_bytes(s, now) {
+                                    return step;
+                                }
                                 continue;
                             }
                             s.outcome = match head.refusal() {
@@ -375,7 +378,10 @@ impl Server {
                 xfer::Parsed::Malformed(why, version) => (xfer::Head::Refused { why, version }, 0..0),
                 xfer::Parsed::Whole(req) => match xfer::decide(&req, *refuse, &s.snap, &self.admission) {
                     xfer::Decision::Reply(head, body) => (head, body),
-                    xfer::Decision::Challenge(ch) => (xfer::Head::Challenge(ch), 0..0),
+                    xfer::Decision::Challenge(mut ch) => {
+                        ch.early = incoming.early();
+                        (xfer::Head::Challenge(ch), 0..0)
+                    }
                 },
             },
             Phase::Proof { incoming, challenge } => match incoming.parse_proof() {
@@ -655,6 +661,9 @@ mod tests {
         never_block: bool,
         /// Answer sendfile with EINVAL, as on a file it cannot handle.
         no_sendfile: bool,
+        /// Reads give everything sent so far at once, as when a client writes its request
+        /// and proof in one go (normally: one byte per read).
+        gulp: bool,
         got: Vec<u8>,
         shut: bool,
     }
@@ -668,6 +677,7 @@ mod tests {
                 blocked: false,
                 never_block: false,
                 no_sendfile: false,
+                gulp: false,
                 got: Vec::new(),
                 shut: false,
             }
@@ -690,10 +700,11 @@ mod tests {
             if self.read_pos == self.request.len() {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            // Dribble the request one byte at a time.
-            buf[0] = self.request[self.read_pos];
-            self.read_pos += 1;
-            Ok(1)
+            // Dribble the request one byte at a time, or hand over all of it.
+            let n = if self.gulp { buf.len().min(self.request.len() - self.read_pos) } else { 1 };
+            buf[..n].copy_from_slice(&self.request[self.read_pos..self.read_pos + n]);
+            self.read_pos += n;
+            Ok(n)
         }
         fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
             let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
@@ -735,6 +746,17 @@ mod tests {
     }
 
     fn serve_through(data: &[u8], chunk: usize, budget: usize, policy: Policy, req: &[u8]) -> (Vec<u8>, Session) {
+        serve_through_with(data, chunk, budget, policy, req, false)
+    }
+
+    fn serve_through_with(
+        data: &[u8],
+        chunk: usize,
+        budget: usize,
+        policy: Policy,
+        req: &[u8],
+        gulp: bool,
+    ) -> (Vec<u8>, Session) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, data).unwrap();
@@ -744,6 +766,7 @@ mod tests {
         let now = Instant::now();
         let mut s = server.open(peer, now).expect("admitted or refusing");
         let mut conn = Trickle::new(req, chunk);
+        conn.gulp = gulp;
         let mut rounds = 0;
         loop {
             rounds += 1;
@@ -821,6 +844,24 @@ mod tests {
         }
         assert!(yields >= 15, "only {yields} yields for 1 MiB at 64 KiB per turn");
         assert!(conn.got == expected(&vec![9u8; 1 << 20]));
+    }
+
+    #[test]
+    fn a_proof_sent_with_the_request_is_answered_without_another_read() {
+        let mut p = policy();
+        p.token = Some(Arc::new(super::super::admit::Token::new(b"secret")));
+        let mut bytes = wire::encode_request(&wire::Request::authenticated(0, [5; 32])).to_vec();
+        // A proof made before the nonce was known cannot be right, but it must be heard.
+        bytes.extend_from_slice(&wire::encode_proof(&wire::Proof { offset: 0, proof: [6; 32] }));
+        let (got, s) = serve_through_with(b"data", usize::MAX, 1 << 20, p, &bytes, true);
+        assert!(matches!(s.outcome, Outcome::Refused(Refusal::BadToken)), "{:?}", s.outcome);
+        let Ok(Decoded::Done(wire::Response::Challenge { .. }, n)) = wire::decode_response(&got) else {
+            panic!("no challenge first: {got:?}")
+        };
+        assert!(matches!(
+            wire::decode_response(&got[n..]),
+            Ok(Decoded::Done(wire::Response::Refused { status: Status::BadToken, .. }, _))
+        ));
     }
 
     #[test]

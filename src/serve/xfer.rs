@@ -22,10 +22,12 @@ use crate::encoding::Decoded;
 use crate::encoding::auth;
 use crate::encoding::xfer::{self as wire, DecodeError, PROOF_LEN, REQUEST_LEN};
 
-/// A request (or a proof), collected as its bytes arrive.
-#[derive(Debug, Clone)]
+/// A request (or a proof), collected as its bytes arrive. The first read may also bring
+/// the start of a proof the client sent without waiting for its challenge; those bytes are
+/// kept for [`Incoming::early`], never more than one proof's worth.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incoming {
-    buf: [u8; REQUEST_LEN],
+    buf: [u8; REQUEST_LEN + PROOF_LEN],
     got: u8,
 }
 
@@ -42,15 +44,16 @@ pub enum Parsed<T> {
 
 impl Default for Incoming {
     fn default() -> Self {
-        Incoming { buf: [0; REQUEST_LEN], got: 0 }
+        Incoming { buf: [0; REQUEST_LEN + PROOF_LEN], got: 0 }
     }
 }
 
 impl Incoming {
     /// Where the next bytes go: never more than the message still lacks, so nothing past
-    /// it is ever read (or buffered).
+    /// it is ever read by the session.
     pub fn spare(&mut self) -> &mut [u8] {
-        &mut self.buf[self.got as usize..]
+        let got = (self.got as usize).min(REQUEST_LEN);
+        &mut self.buf[got..REQUEST_LEN]
     }
 
     /// `n` bytes were read into [`Incoming::spare`].
@@ -59,8 +62,26 @@ impl Incoming {
         self.got += n as u8;
     }
 
+    /// Takes the bytes of a first read that sniffing already did: the request, and what
+    /// followed it up to one proof. Returns how many were taken.
+    pub fn seed(&mut self, data: &[u8]) -> usize {
+        let take = data.len().min(self.buf.len());
+        self.buf[..take].copy_from_slice(&data[..take]);
+        self.got = take as u8;
+        take
+    }
+
+    /// What arrived after the first message: the start of a proof sent early.
+    pub fn early(&self) -> Incoming {
+        let mut next = Incoming::default();
+        if self.got as usize > REQUEST_LEN {
+            next.seed(&self.buf[REQUEST_LEN..self.got as usize]);
+        }
+        next
+    }
+
     pub fn parse(&self) -> Parsed<wire::Request> {
-        match wire::decode_request(&self.buf[..self.got as usize]) {
+        match wire::decode_request(&self.buf[..(self.got as usize).min(REQUEST_LEN)]) {
             Ok(Decoded::NeedMore(_)) => Parsed::NeedMore,
             Ok(Decoded::Done(req, _)) => Parsed::Whole(req),
             Err(DecodeError::BadMagic) => Parsed::NotOurs,
@@ -72,7 +93,7 @@ impl Incoming {
 
     pub fn parse_proof(&self) -> Parsed<wire::Proof> {
         debug_assert_eq!(PROOF_LEN, REQUEST_LEN);
-        match wire::decode_proof(&self.buf[..self.got as usize]) {
+        match wire::decode_proof(&self.buf[..(self.got as usize).min(PROOF_LEN)]) {
             Ok(Decoded::NeedMore(_)) => Parsed::NeedMore,
             Ok(Decoded::Done(p, _)) => Parsed::Whole(p),
             Err(_) => Parsed::Malformed(Refusal::BadRequest, wire::VERSION),
@@ -90,6 +111,8 @@ pub struct Challenge {
     /// A verdict already reached (not allowed, busy, a penalised address): the proof is
     /// still asked for, so every failure looks the same, and then this is the answer.
     pub refuse: Option<Refusal>,
+    /// The start of the proof, if the client sent it with its request.
+    pub early: Incoming,
 }
 
 /// What a native reply begins with, in the version the client asked for.
@@ -123,7 +146,14 @@ pub fn decide(req: &wire::Request, refuse: Option<Refusal>, snap: &Snapshot, adm
             // No randomness, no challenge worth the name.
             return Decision::Reply(Head::Refused { why: Refusal::Changing, version }, 0..0);
         }
-        return Decision::Challenge(Box::new(Challenge { client, server, offset: req.offset, version, refuse }));
+        return Decision::Challenge(Box::new(Challenge {
+            client,
+            server,
+            offset: req.offset,
+            version,
+            refuse,
+            early: Incoming::default(),
+        }));
     }
     let verdict = match refuse {
         Some(why) => Err(why),

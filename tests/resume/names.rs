@@ -91,7 +91,7 @@ fn native_named(name: &[u8], data: &[u8]) -> Scripted {
             return;
         }
         let mut head = [0u8; wire::MAX_RESPONSE_HEAD];
-        let n = wire::encode_ok_in(wire::VERSION, data.len() as u64, &digest(&data), &name, &mut head);
+        let n = wire::encode_ok_in(wire::VERSION, data.len() as u64, &digest(&data), &name, None, &mut head);
         let mut reply = head[..n].to_vec();
         reply.extend_from_slice(&data);
         send_and_close(s, &reply);
