@@ -131,19 +131,21 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<Request<'_>>, Error> {
         authorization: None,
     };
     let (mut lengths, mut hosts, mut ranges) = (0, 0, 0);
+    // Whether a body is announced is decided once every header is seen: the framing
+    // headers that disagree (both kinds, or two lengths) are how requests are smuggled
+    // past a proxy, and are malformed whatever they say; a plain body is only unwanted.
+    let (mut chunked, mut body, mut bad_length) = (false, false, false);
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).ok().map(str::trim);
         let name = h.name;
         if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(Error::Body);
+            chunked = true;
         } else if name.eq_ignore_ascii_case("content-length") {
             lengths += 1;
             match value {
-                Some("0") if lengths == 1 => {}
-                Some(v) if lengths == 1 && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
-                    return Err(Error::Body);
-                }
-                _ => return Err(Error::Malformed),
+                Some("0") => {}
+                Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => body = true,
+                _ => bad_length = true,
             }
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
@@ -168,6 +170,12 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<Request<'_>>, Error> {
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = out.authorization.or(value);
         }
+    }
+    if bad_length || lengths > 1 || (chunked && lengths > 0) {
+        return Err(Error::Malformed);
+    }
+    if chunked || body {
+        return Err(Error::Body);
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is a bad request.
     if hosts > 1 || (hosts == 0 && version == Version::Http11) {
@@ -861,6 +869,11 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Error::Malformed),
             (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Error::Body),
             (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", Error::Body),
+            // Smuggling shapes: both framings, or two lengths (even equal ones), in any order.
+            (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", Error::Malformed),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n", Error::Malformed),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", Error::Malformed),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", Error::Malformed),
             (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n", Error::Malformed),
             (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n", Error::Malformed),
             (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", Error::Malformed),
