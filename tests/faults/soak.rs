@@ -199,12 +199,13 @@ fn soak_random_faults() {
     }
 }
 
-/// The exit codes `xfer fetch` must give for a fault that hit: a flipped bit in the size
-/// field makes the body short (3) or the digest wrong (4); any other flip is a protocol or
-/// verification error (4); a reset, cut or stall is a network error (3).
+/// The exit codes `xfer fetch` must give for a fault that hit: a flipped bit in a length
+/// (the name's, byte 6 of a version 2 header, or the size field) makes the stream end short
+/// of what the header announces (3) or the digest wrong (4); any other flip is a protocol
+/// or verification error (4); a reset, cut or stall is a network error (3).
 fn expected_codes(job: &Job) -> &'static [i32] {
     match (job.plan.up.fault, job.plan.down.fault) {
-        (None, Some((at, Action::Flip(_)))) if (8..16).contains(&at) => &[3, 4],
+        (None, Some((at, Action::Flip(_)))) if at == 6 || (8..16).contains(&at) => &[3, 4],
         (None, Some((_, Action::Flip(_)))) => &[4],
         _ => &[3],
     }
