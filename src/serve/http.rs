@@ -659,18 +659,18 @@ fn landing(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, url: &str) 
          code,pre{{font-family:monospace;background:#f3f3f3}}pre{{padding:.5em;overflow-x:auto}}\
          td{{padding-right:1em}}</style></head><body>\n<h1 id=\"name\">{shown}</h1>\n\
          <p><a id=\"download\" href=\"{}\" download>Download {shown}</a></p>\n<table>\n\
-         <tr><td>size</td><td id=\"size\">{size}</td><td>bytes ({})</td></tr>\n\
-         <tr><td>BLAKE3</td><td colspan=\"2\"><code id=\"blake3\">{b3}</code></td></tr>\n",
+         <tr><td>size</td><td><span id=\"size\">{size}</span> bytes{}</td></tr>\n\
+         <tr><td>BLAKE3</td><td><code id=\"blake3\">{b3}</code></td></tr>\n",
         wire::html(url),
-        crate::human_bytes(size),
+        if size >= 1000 { format!(" ({})", crate::human_bytes(size)) } else { String::new() },
     )?;
     match snap.sha256().filter(|_| h.sha) {
         Some(sha) => writeln!(
             o,
-            "<tr><td>SHA-256</td><td colspan=\"2\"><code id=\"sha256\">{}</code></td></tr>",
+            "<tr><td>SHA-256</td><td><code id=\"sha256\">{}</code></td></tr>",
             blake3::Hash::from_bytes(*sha).to_hex()
         )?,
-        None => o.write_str("<tr><td>SHA-256</td><td colspan=\"2\">being computed; reload in a moment</td></tr>\n")?,
+        None => o.write_str("<tr><td>SHA-256</td><td>being computed; reload in a moment</td></tr>\n")?,
     }
     let q_name = shell_quote(&name);
     let q_url = shell_quote(&full);
@@ -678,19 +678,24 @@ fn landing(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, url: &str) 
     let q_sum = shell_quote(&sum_url);
     // curl -O names the file after the URL's last segment as it is written (still
     // %-encoded, and a signed link's query with it), so such a name is given with -o.
-    let curl = if wire::url_segment(snap.name()).as_bytes() == snap.name() && h.link_expires.is_none() {
-        format!("curl -fO {q_url}")
+    // wget does the same (without --content-disposition).
+    let plain = wire::url_segment(snap.name()).as_bytes() == snap.name() && h.link_expires.is_none();
+    let (curl, wget) = if plain {
+        (format!("curl -fO {q_url}"), format!("wget {q_url}"))
     } else {
-        format!("curl -fo {q_name} {q_url}")
+        (format!("curl -fo {q_name} {q_url}"), format!("wget -O {q_name} {q_url}"))
     };
     let target = shell_quote(host);
+    // xfer pins the digest shown here, and proves the token itself (which this page never
+    // shows) when the server has one.
+    let token = if cfg.links.is_some() { " --token-file FILE" } else { "" };
     write!(
         o,
         "</table>\n<h2>From a shell</h2>\n<pre id=\"curl\">{} &amp;&amp; curl -fsS {} | b3sum -c</pre>\n\
-         <pre id=\"wget\">wget {}</pre>\n<pre id=\"xfer\">xfer fetch {} {}</pre>\n</body></html>\n",
+         <pre id=\"wget\">{}</pre>\n<pre id=\"xfer\">xfer fetch {} {} --expect blake3:{b3}{token}</pre>\n</body></html>\n",
         wire::html(&curl),
         wire::html(&q_sum),
-        wire::html(&q_url),
+        wire::html(&wget),
         wire::html(&target),
         wire::html(&q_name),
     )
