@@ -14,7 +14,9 @@
 //! segment, HTTP date, SHA-256, base64) the expected values are computed with, written
 //! here so that the tests do not check the server against its own code.
 
+mod aria2;
 mod curl;
+mod wget;
 
 use std::ffi::OsStr;
 use std::io::{ErrorKind, Read, Write};
