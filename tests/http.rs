@@ -16,6 +16,7 @@
 
 mod aria2;
 mod curl;
+mod python;
 mod wget;
 
 use std::ffi::OsStr;
@@ -62,6 +63,19 @@ pub fn tool(what: &str, tool: &str) -> Option<PathBuf> {
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `/usr/bin/python3` if it can import every one of `modules`, or `None` after saying what
+/// is missing (the Debian package name, as the skip line says what to install).
+pub fn python(what: &str, modules: &[&str], package: &str) -> Option<PathBuf> {
+    let py = tool(what, "/usr/bin/python3")?;
+    let imports = modules.iter().map(|m| format!("import {m}")).collect::<Vec<_>>().join("; ");
+    let ok = Command::new(&py).args(["-c", &imports]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        missing(what, package);
+        return None;
+    }
+    Some(py)
 }
 
 /// Environment variables that could send a client's traffic to a proxy instead of loopback.
@@ -159,6 +173,11 @@ pub fn http_log(stderr: &str) -> Vec<Logged> {
         }
     }
     out
+}
+
+/// The server's HTTP log lines for the client at local `port`.
+pub fn logged_for(server: &Server, port: u16) -> Vec<Logged> {
+    http_log(&server.stderr()).into_iter().filter(|l| l.client.port() == port).collect()
 }
 
 /// Waits (up to `secs`) until the server's HTTP log has a line for which `pred` holds, and
