@@ -15,6 +15,7 @@
 //! here so that the tests do not check the server against its own code.
 
 mod aria2;
+mod browser;
 mod curl;
 mod python;
 mod wget;
