@@ -17,6 +17,7 @@
 mod aria2;
 mod browser;
 mod curl;
+mod hostile;
 mod python;
 mod wget;
 
@@ -141,7 +142,9 @@ pub fn wait_sha256(addr: SocketAddr, segment: &str) -> String {
     });
     let last = last.expect("asked at least once");
     assert!(known, "{path} still says {} after 60 s: {}", last.status, last.text());
-    let hex = last.text().split_whitespace().next().unwrap_or("").to_string();
+    // A line for a name with a backslash, CR or LF starts with a backslash (coreutils' escape).
+    let text = last.text();
+    let hex = text.trim_start_matches('\\').split_whitespace().next().unwrap_or("").to_string();
     assert_eq!(hex.len(), 64, "{path} gave {:?}", last.text());
     hex
 }
@@ -314,6 +317,11 @@ impl Conn {
     /// Takes over a connected socket (one made with a small receive buffer, say).
     pub fn over(s: TcpStream) -> Conn {
         Conn { s, buf: Vec::new() }
+    }
+
+    /// Our local port (the log line's key).
+    pub fn port(&self) -> u16 {
+        raw::port(&self.s)
     }
 
     pub fn send(&mut self, bytes: &[u8]) {

@@ -166,6 +166,13 @@ impl Server {
         self.fd_count()
     }
 
+    /// The server's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("");
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
     /// User + system CPU time of the whole server (all threads), in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
         cpu_ticks(&format!("/proc/{}/stat", self.pid()))
