@@ -18,7 +18,9 @@ mod aria2;
 mod browser;
 mod curl;
 mod hostile;
+mod native;
 mod python;
+mod slow;
 mod wget;
 
 use std::ffi::OsStr;
