@@ -16,6 +16,7 @@
 
 mod aria2;
 mod browser;
+mod cache;
 mod curl;
 mod hostile;
 mod native;
