@@ -368,3 +368,59 @@ fn curl_two_urls_share_one_kept_alive_connection() {
     assert!(file.rest.starts_with("complete: 200000 bytes"), "{file:?}");
     server.assert_healthy();
 }
+
+/// Refusals over HTTP carry a status, the reason as the body, and what the client needs:
+/// 401 with `WWW-Authenticate` without the token (200 with it), 403 outside `--allow`,
+/// 503 with `Retry-After` when busy; each is logged with its reason.
+#[test]
+fn curl_is_refused_with_401_403_and_503_and_a_reason() {
+    let Some(curl_bin) = tool("curl refused", "curl") else { return };
+    let dir = tempdir();
+    let data = random_bytes(2 * MIB as usize, 905);
+    let path = write_file(dir.path(), "r.bin", &data);
+    let refused = |extra: &[&str], args: &[&str]| {
+        let server = Server::start(&path, extra);
+        let url = banner_url(&server);
+        let mut all = vec!["-D", "-", "-o", "body"];
+        all.extend_from_slice(args);
+        all.push(&url);
+        let r = curl(dir.path(), &curl_bin, &all);
+        assert_ok(&r, &format!("curl against serve {extra:?}"));
+        let (head, _) = parse_reply(&r.stdout, true).unwrap().expect("a whole head");
+        let body = std::fs::read(dir.path().join("body")).unwrap_or_default();
+        (server, head, body)
+    };
+
+    let (_s, head, body) = refused(&["--token", "s3cret"], &[]);
+    assert_eq!(head.status, 401, "no token: {head:?}");
+    assert_eq!(head.header("WWW-Authenticate"), Some("Bearer realm=\"xfer\""), "no token: {head:?}");
+    assert!(head.closes() && !body.is_empty(), "no token: {head:?} {}", String::from_utf8_lossy(&body));
+    let (_s, head, _) = refused(&["--token", "s3cret"], &["-H", "Authorization: Bearer wrong"]);
+    assert_eq!(head.status, 401, "a wrong token: {head:?}");
+    let (_s, head, body) = refused(&["--token", "s3cret"], &["-H", "Authorization: Bearer s3cret"]);
+    assert_eq!(head.status, 200, "the right token: {head:?}");
+    assert!(body == data, "the right token: the copy differs");
+
+    let (s, head, body) = refused(&["--allow", "10.0.0.0/8"], &[]);
+    assert_eq!(head.status, 403, "outside --allow: {head:?}");
+    assert!(head.closes() && !body.is_empty(), "outside --allow: {head:?} {}", String::from_utf8_lossy(&body));
+    expect_logged(&s, 5, "the 403", |l| l.status == 403 && l.rest.starts_with("refused: "));
+
+    // Busy: one client holds the only place, stalled mid-body.
+    let mut server = Server::settled(&path, &["--max-clients", "1"]);
+    let mut holder = Conn::over(raw::connect(server.addr, None, Some(4096)).expect("connect"));
+    holder.send(&request("GET", "/r.bin", &[]));
+    assert!(wait_until(Duration::from_secs(5), || raw::readable_now(&holder.s)), "the first client was not served");
+    let r = curl(dir.path(), &curl_bin, &["-D", "-", "-o", "body", &banner_url(&server)]);
+    assert_ok(&r, "curl against a busy server");
+    let (head, _) = parse_reply(&r.stdout, true).unwrap().expect("a whole head");
+    let body = std::fs::read_to_string(dir.path().join("body")).unwrap_or_default();
+    assert_eq!(head.status, 503, "busy: {head:?}");
+    assert_eq!(head.header("Retry-After"), Some("1"), "busy: {head:?}");
+    assert_eq!(body.trim(), "server busy: at its limit of clients; try again later", "busy: the reason");
+    expect_logged(&server, 5, "the 503", |l| {
+        l.status == 503 && l.rest == "refused: server busy: at its limit of clients; try again later"
+    });
+    drop(holder);
+    server.assert_healthy();
+}
