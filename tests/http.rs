@@ -21,6 +21,7 @@ mod curl;
 mod hostile;
 mod native;
 mod python;
+mod reload;
 mod slow;
 mod wget;
 
