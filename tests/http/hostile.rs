@@ -399,6 +399,31 @@ fn http_hostile_file_name_stays_inside_its_fields() {
     server.assert_healthy();
 }
 
+/// Case 35, at the longest: a name of 255 bytes that grows most when escaped (`&`, `<`,
+/// `>`, `"`, `'`, non-UTF-8 bytes) still gets the whole landing page, its name escaped.
+#[test]
+fn http_landing_page_holds_for_the_longest_name_that_needs_escaping() {
+    let dir = tempdir();
+    let mut name: Vec<u8> = b"&<>\"'\xff".iter().copied().cycle().take(251).collect();
+    name.extend_from_slice(b".txt");
+    let path = dir.path().join(std::ffi::OsStr::from_bytes(&name));
+    let data = random_bytes(1000, 958);
+    std::fs::write(&path, &data).unwrap();
+    let mut server = Server::settled(&path, &[]);
+    let page = get(server.addr, "/", &[]);
+    assert_eq!(page.status, 200, "{page:?}");
+    let html = page.text();
+    for id in ["name", "size", "blake3", "download", "curl", "wget", "xfer"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "the page for a 255-byte name has no #{id}:\n{html}");
+    }
+    let h1 = html.split("<h1 id=\"name\">").nth(1).and_then(|s| s.split("</h1>").next()).unwrap_or("");
+    assert!(h1.starts_with("&amp;&lt;&gt;&quot;&#39;") && !h1.contains(['<', '>', '"']), "#name: {h1}");
+    assert!(html.contains(&format!("href=\"/{}\"", url_segment(&name))), "the download link");
+    let r = get(server.addr, &format!("/{}", url_segment(&name)), &[]);
+    assert!(r.status == 200 && r.body == data, "the file by its 255-byte name: {}", r.status);
+    server.assert_healthy();
+}
+
 /// Case 36: paths built to leave the one file (`..`, `%2F`, `%00`, overlong UTF-8, double
 /// encoding, absolute form) get 404, or the file itself when they decode to exactly its
 /// name; nothing else on the file system is ever sent.
