@@ -332,6 +332,49 @@ fn http_keep_alive_ends_by_close_by_http10_by_the_cap_by_drain_and_by_idling() {
     server.assert_healthy();
 }
 
+/// Case 34, out of descriptors: idle kept-alive connections are the first to give theirs
+/// back, so new clients are answered at once rather than after the 15 s idle timeout.
+#[test]
+fn http_idle_kept_alive_connections_give_way_when_descriptors_run_out() {
+    let dir = tempdir();
+    let path = write_file(dir.path(), "e.bin", b"a small file\n");
+    let mut cmd = serve_command(&path, &["--max-clients", "1000", "--max-per-ip", "1000"]);
+    // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            // A hard limit of 64 too, so the server cannot raise it.
+            let lim = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Server::spawn(&mut cmd);
+    server.settle();
+    // Each client is answered and stays connected, idle: more of them than descriptors.
+    let mut kept = Vec::new();
+    for i in 0..150 {
+        let mut c = Conn::connect(server.addr);
+        c.send(&request("HEAD", "/e.bin", &[]));
+        match c.try_reply(true, Duration::from_secs(5)) {
+            Ok(r) => assert_eq!(r.status, 200, "client {i}: {r:?}"),
+            Err(e) => panic!(
+                "client {i} was not answered within 5 s while idle kept-alive connections held the \
+                 descriptors ({} open): {e}\n{}",
+                server.fd_count(),
+                server.stderr()
+            ),
+        }
+        kept.push(c);
+    }
+    let closed = kept.iter().filter(|c| raw::readable_now(&c.s)).count();
+    assert!(closed >= 50, "150 kept-alive clients under a limit of 64 descriptors, and only {closed} were closed");
+    drop(kept);
+    server.assert_healthy();
+}
+
 /// The RFC 5987 `attr-char`s stay; every other byte is `%XX`.
 fn ext_value(name: &[u8]) -> String {
     let mut s = String::from("UTF-8''");
