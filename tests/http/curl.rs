@@ -424,3 +424,49 @@ fn curl_is_refused_with_401_403_and_503_and_a_reason() {
     drop(holder);
     server.assert_healthy();
 }
+
+/// While the Ctrl+C question is open, an HTTP client is told 503 with `Retry-After` and
+/// the reason; after `c`, it is served.
+#[test]
+fn curl_is_told_503_while_the_server_is_paused() {
+    use crate::util::pty::Pty;
+    let Some(curl_bin) = tool("curl while paused", "curl") else { return };
+    let dir = tempdir();
+    let data = random_bytes(10_000, 906);
+    let path = write_file(dir.path(), "p.bin", &data);
+    let mut pty = Pty::open();
+    let mut cmd = serve_command(&path, &[]);
+    pty.control(&mut cmd);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn xfer serve on a terminal");
+    drop(cmd);
+    pty.release();
+    let log = Collected::spawn(child.stderr.take().unwrap());
+    let context = log.clone();
+    let (addr, _) = read_banner(&mut child, move || context.text());
+    let url = format!("http://{addr}/p.bin");
+    send_signal(child.id(), libc::SIGINT);
+    let asked = pty.wait_for(10, |t| t.contains("continue listening or exit?"));
+    let paused = wait_until(Duration::from_secs(10), || log.text().contains("paused (Ctrl+C)"));
+    let result = std::panic::catch_unwind(|| {
+        assert!(asked && paused, "no pause: terminal {:?}, log {:?}", pty.text(), log.text());
+        let r = curl(dir.path(), &curl_bin, &["-D", "-", "-o", "body", &url]);
+        assert_ok(&r, "curl while paused");
+        let (head, _) = parse_reply(&r.stdout, true).unwrap().expect("a whole head");
+        assert_eq!(head.status, 503, "paused: {head:?}");
+        assert_eq!(head.header("Retry-After"), Some("5"), "paused: {head:?}");
+        let body = std::fs::read_to_string(dir.path().join("body")).unwrap();
+        assert_eq!(body.trim(), "server paused; try again shortly", "paused: the reason");
+    });
+    pty.type_text("c\n");
+    let resumed = wait_until(Duration::from_secs(10), || log.text().contains("resumed"));
+    let after = resumed.then(|| curl(dir.path(), &curl_bin, &["-f", "-o", "after.bin", &url]));
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert!(resumed, "not resumed after c: {:?}", log.text());
+    assert_ok(&after.unwrap(), "curl after resuming");
+    assert!(std::fs::read(dir.path().join("after.bin")).unwrap() == data, "after resuming: the copy differs");
+}
