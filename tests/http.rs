@@ -188,6 +188,15 @@ pub fn logged_for(server: &Server, port: u16) -> Vec<Logged> {
     http_log(&server.stderr()).into_iter().filter(|l| l.client.port() == port).collect()
 }
 
+/// How many of the server's HTTP log lines `pred` holds for, once there are `at_least` of
+/// them or `secs` have passed (a line is written as the last byte goes out, and collected
+/// from the server's stderr a moment later).
+pub fn logged_count(server: &Server, secs: u64, at_least: usize, pred: impl Fn(&Logged) -> bool) -> usize {
+    let count = || http_log(&server.stderr()).iter().filter(|l| pred(l)).count();
+    server.wait_stderr(secs, |_| count() >= at_least);
+    count()
+}
+
 /// Waits (up to `secs`) until the server's HTTP log has a line for which `pred` holds, and
 /// returns it; fails the test with the log otherwise.
 pub fn expect_logged(server: &Server, secs: u64, what: &str, pred: impl Fn(&Logged) -> bool) -> Logged {

@@ -181,12 +181,12 @@ fn nginx_cache_in_front_serves_fifty_from_one_fetch_and_revalidates_by_etag() {
     let mut server = Server::settled(&path, &["--max-age", "1"]);
     let nginx = Nginx::start(&nginx_bin, &nginx_dir, server.addr, false);
     let url = nginx.url("/c.bin");
+    // Responses with the whole file of `size` bytes, once there is at least one.
     let full_bodies = |size: usize| {
-        let log = http_log(&server.stderr());
         let want = format!("complete: {size} bytes");
-        log.iter()
-            .filter(|l| l.method == "GET" && l.path == "/c.bin" && l.status == 200 && l.rest.starts_with(&want))
-            .count()
+        logged_count(&server, 5, 1, |l| {
+            l.method == "GET" && l.path == "/c.bin" && l.status == 200 && l.rest.starts_with(&want)
+        })
     };
 
     // Fifty at once: the cache lock lets one request through; the rest wait for the copy.

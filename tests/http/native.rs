@@ -65,12 +65,13 @@ fn native_fetch_works_while_http_clients_are_served() {
     for r in readers {
         r.join().expect("an HTTP client failed");
     }
+    let whole = |l: &Logged| l.method == "GET" && l.rest.starts_with("complete: 16777216 bytes");
+    let native_line = |l: &str| l.contains(" complete: 16777216 bytes") && !l.contains(" GET ");
+    server.wait_stderr(5, |e| transfer_lines(e).into_iter().any(native_line));
+    let http = logged_count(&server, 5, 4, whole);
     let log = server.stderr();
-    let native =
-        transfer_lines(&log).iter().filter(|l| l.contains(" complete: 16777216 bytes") && !l.contains(" GET ")).count();
+    let native = transfer_lines(&log).into_iter().filter(|l| native_line(l)).count();
     assert_eq!(native, 1, "the native fetch's log line:\n{log}");
-    let http =
-        http_log(&log).iter().filter(|l| l.method == "GET" && l.rest.starts_with("complete: 16777216 bytes")).count();
     assert_eq!(http, 4, "the HTTP clients' log lines:\n{log}");
     server.assert_healthy();
 }
