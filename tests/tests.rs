@@ -8,6 +8,7 @@ mod util;
 mod basic;
 mod defects;
 mod faults;
+mod http;
 mod promises;
 mod regressions;
 mod resume;

@@ -35,13 +35,25 @@ impl Server {
         s
     }
 
+    /// `start`, `settle`d, waiting up to `limit` for the address: the file is hashed before
+    /// the server says where it listens, and a file of gigabytes takes a while to hash.
+    pub fn start_within(file: &Path, extra: &[&str], limit: Duration) -> Server {
+        let mut s = Server::spawn_within(&mut serve_command(file, extra), limit);
+        s.settle();
+        s
+    }
+
     /// Spawns a prepared command (see `serve_command`) and waits for its address.
     pub fn spawn(cmd: &mut Command) -> Server {
+        Server::spawn_within(cmd, BANNER_WAIT)
+    }
+
+    fn spawn_within(cmd: &mut Command, limit: Duration) -> Server {
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn xfer serve");
         let stderr = Collected::spawn(child.stderr.take().unwrap());
         let context = stderr.clone();
-        let (addr, stdout) = read_banner(&mut child, move || format!("stderr:\n{}", context.text()));
+        let (addr, stdout) = read_banner_within(&mut child, limit, move || format!("stderr:\n{}", context.text()));
         Server { child, addr, stdout, stderr, baseline_fds: None }
     }
 
@@ -154,6 +166,13 @@ impl Server {
         self.fd_count()
     }
 
+    /// The server's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("");
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
     /// User + system CPU time of the whole server (all threads), in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
         cpu_ticks(&format!("/proc/{}/stat", self.pid()))
@@ -209,10 +228,22 @@ pub fn cpu_ticks(stat_path: &str) -> u64 {
     get(11) + get(12)
 }
 
+/// How long a server may take to say where it listens (it hashes the file first).
+const BANNER_WAIT: Duration = Duration::from_secs(60);
+
 /// Waits (20 s at most) for the server's first stdout line, `listening on ADDR`, and returns
 /// the address and the stdout lines, which keep being collected. On failure it kills the
 /// server and panics, with `context()` saying what the server printed elsewhere.
 pub fn read_banner(child: &mut Child, context: impl Fn() -> String) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    read_banner_within(child, BANNER_WAIT, context)
+}
+
+/// `read_banner`, waiting up to `limit`.
+pub fn read_banner_within(
+    child: &mut Child,
+    limit: Duration,
+    context: impl Fn() -> String,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let out = child.stdout.take().expect("server stdout is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     let lines = Arc::new(Mutex::new(Vec::new()));
@@ -226,9 +257,7 @@ pub fn read_banner(child: &mut Child, context: impl Fn() -> String) -> (SocketAd
             sink.lock().unwrap().push(line);
         }
     });
-    // A hang bound, not a speed limit: a 4 GiB file is hashed before the banner, and the
-    // machine may be busy with other suites.
-    let first = match rx.recv_timeout(Duration::from_secs(90)) {
+    let first = match rx.recv_timeout(limit) {
         Ok(l) => l,
         Err(_) => {
             let _ = child.kill();
