@@ -324,9 +324,11 @@ pub fn reason(status: u16) -> &'static str {
 
 /// `Content-Disposition: attachment` for a file name: `filename="…"` with an ASCII stand-in
 /// that no header parser can misread, and RFC 5987 `filename*` with the exact name when it
-/// is not plain ASCII. No byte of the name can end the header or start another.
+/// is not plain ASCII. No byte of the name can end the header or start another. `%` is
+/// not plain either: browsers decode `%XX` in `filename` (RFC 6266, appendix D), so a name
+/// holding one gets `_` there and its exact self in `filename*`.
 pub fn content_disposition(out: &mut impl fmt::Write, name: &[u8]) -> fmt::Result {
-    let plain = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ';
+    let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'%') || b == b' ';
     out.write_str("attachment; filename=\"")?;
     for &b in name {
         out.write_char(if plain(b) { b as char } else { '_' })?;
@@ -350,6 +352,25 @@ pub fn content_disposition(out: &mut impl fmt::Write, name: &[u8]) -> fmt::Resul
         write!(out, "; filename*=UTF-8''{}", percent_encoding::percent_encode(name, ATTR))?;
     }
     Ok(())
+}
+
+/// Escapes text for an HTML element's content, where only `&` and `<` (and `>`, for
+/// symmetry) mean anything: quotes stay as they are, so a name full of them does not grow
+/// fivefold.
+pub fn html_text(s: &str) -> Cow<'_, str> {
+    if !s.contains(['&', '<', '>']) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Text made safe inside HTML (element content and quoted attribute values).
@@ -955,6 +976,11 @@ mod tests {
         assert!(!s.contains(['\r', '\n']), "{s}");
         assert_eq!(s.matches('"').count(), 2, "{s}");
         assert!(s.contains("filename*=UTF-8''%C3%A9%22x%0D%0ASet-Cookie%3A%20a%3B.txt"), "{s}");
+        // A browser would decode %41 in filename="…" into A: filename* carries the name.
+        let mut s = String::new();
+        content_disposition(&mut s, b"report %41.txt").unwrap();
+        assert_eq!(s, "attachment; filename=\"report _41.txt\"; filename*=UTF-8''report%20%2541.txt");
+        assert_eq!(html_text("a'\"<&>"), "a'\"&lt;&amp;&gt;");
         assert_eq!(html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
         assert_eq!(checksum_line("ab", b"f.txt"), b"ab  f.txt\n");
         assert_eq!(checksum_line("ab", b"a\\b\nc"), b"\\ab  a\\\\b\\nc\n");

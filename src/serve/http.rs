@@ -486,10 +486,14 @@ fn usable_host(host: Option<&str>) -> Option<&str> {
     ok.then_some(h)
 }
 
+/// The largest generated body: the landing page for the worst 255-byte name and the longest
+/// usable Host fits (a test renders it).
+const GENERATED_MAX: usize = 12 * 1024;
+
 /// Renders the head (and any generated body) into `out`; returns the length. The same
 /// head, snapshot and config always give the same bytes.
 pub fn render(head: &Head, snap: &Snapshot, cfg: &Config, out: &mut [u8]) -> usize {
-    let mut body_buf = [0u8; 6144];
+    let mut body_buf = [0u8; GENERATED_MAX];
     let mut body = Out::new(&mut body_buf);
     let body_len = match write_body(&mut body, head, snap, cfg) {
         Ok(()) => body.len(),
@@ -636,7 +640,7 @@ fn write_body(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config) -> std::
 fn landing(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, url: &str) -> std::fmt::Result {
     use crate::encoding::text::shell_quote;
     let name = String::from_utf8_lossy(snap.name());
-    let shown = wire::html(&printable(&name)).into_owned();
+    let shown = wire::html_text(&printable(&name)).into_owned();
     // Reached by a signed link: the page's links carry signatures of the same expiry.
     let signed = |path: &str| match (h.link_expires, &cfg.links) {
         (Some(e), Some(k)) => {
@@ -658,7 +662,7 @@ fn landing(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, url: &str) 
          <style>body{{font:16px/1.5 sans-serif;max-width:52em;margin:2em auto;padding:0 1em}}\
          code,pre{{font-family:monospace;background:#f3f3f3}}pre{{padding:.5em;overflow-x:auto}}\
          td{{padding-right:1em}}</style></head><body>\n<h1 id=\"name\">{shown}</h1>\n\
-         <p><a id=\"download\" href=\"{}\" download>Download {shown}</a></p>\n<table>\n\
+         <p><a id=\"download\" href=\"{}\" download>Download</a></p>\n<table>\n\
          <tr><td>size</td><td><span id=\"size\">{size}</span> bytes{}</td></tr>\n\
          <tr><td>BLAKE3</td><td><code id=\"blake3\">{b3}</code></td></tr>\n",
         wire::html(url),
@@ -686,17 +690,69 @@ fn landing(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, url: &str) 
         (format!("curl -fo {q_name} {q_url}"), format!("wget -O {q_name} {q_url}"))
     };
     let target = shell_quote(host);
-    // xfer pins the digest shown here, and proves the token itself (which this page never
-    // shows) when the server has one.
+    // xfer pins the digest shown here, saves under the server's name (into `.`), and proves
+    // the token itself (which this page never shows) when the server has one.
     let token = if cfg.links.is_some() { " --token-file FILE" } else { "" };
     write!(
         o,
         "</table>\n<h2>From a shell</h2>\n<pre id=\"curl\">{} &amp;&amp; curl -fsS {} | b3sum -c</pre>\n\
-         <pre id=\"wget\">{}</pre>\n<pre id=\"xfer\">xfer fetch {} {} --expect blake3:{b3}{token}</pre>\n</body></html>\n",
-        wire::html(&curl),
-        wire::html(&q_sum),
-        wire::html(&wget),
-        wire::html(&target),
-        wire::html(&q_name),
+         <pre id=\"wget\">{}</pre>\n<pre id=\"xfer\">xfer fetch {} . --expect blake3:{b3}{token}</pre>\n</body></html>\n",
+        wire::html_text(&curl),
+        wire::html_text(&q_sum),
+        wire::html_text(&wget),
+        wire::html_text(&target),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// The longest page: a 255-byte name of the characters that grow most when escaped
+    /// (for HTML, for the shell, for URLs), a long Host, a page reached by a signed link.
+    #[test]
+    fn landing_page_fits_for_the_worst_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = format!("{}:4747", "h".repeat(255));
+        let cfg =
+            Config { max_age: 10, fallback_host: host.clone(), links: Some(crate::encoding::auth::Key::links(b"t")) };
+        let mut worst = 0;
+        for unit in [&b"'"[..], b"\"", b"&", b"<", b"\xff", b"\x01", b"%", b"\\", "\u{2028}".as_bytes(), b"'\xff&\"<%"]
+        {
+            let mut name: Vec<u8> = unit.iter().copied().cycle().take(251).collect();
+            while std::str::from_utf8(&name).is_err() && name.len() > 248 && !unit.contains(&0xff) {
+                name.pop();
+            }
+            name.extend_from_slice(b".txt");
+            let path = dir.path().join(std::ffi::OsStr::from_bytes(&name));
+            std::fs::write(&path, b"x").unwrap();
+            let snap = Snapshot::open(&path).unwrap();
+            let head = Head {
+                status: 200,
+                kind: Kind::Landing,
+                head_only: false,
+                part: None,
+                close: false,
+                keep_alive_10: false,
+                date: 0,
+                sha: false,
+                host: Some(host.clone().into()),
+                link_expires: Some(u64::MAX),
+            };
+            let mut big = vec![0u8; 1 << 16];
+            let mut o = Out::new(&mut big);
+            write_body(&mut o, &head, &snap, &cfg).unwrap();
+            worst = worst.max(o.len());
+            // Rendered for real: the whole page, not the short fallback.
+            let mut out = [0u8; crate::serve::send::HEAD_MAX];
+            let n = render(&head, &snap, &cfg, &mut out);
+            let text = String::from_utf8_lossy(&out[..n]);
+            for id in ["name", "size", "blake3", "download", "curl", "wget", "xfer"] {
+                assert!(text.contains(&format!("id=\"{id}\"")), "{unit:?}: no {id} in the page");
+            }
+            std::fs::remove_file(&path).unwrap();
+        }
+        assert!(worst <= GENERATED_MAX, "the worst page is {worst} bytes");
+    }
 }

@@ -24,7 +24,7 @@ use super::snapshot::Snapshot;
 const SENDFILE_MAX: usize = 0x7fff_f000;
 /// Largest head a protocol may render (a native header and reason, an HTTP head, or a
 /// small generated page such as HTTP's landing page).
-pub const HEAD_MAX: usize = 8192;
+pub const HEAD_MAX: usize = 16 * 1024;
 
 /// After the last byte, how long we keep discarding what the peer sends before closing.
 const LINGER: Duration = Duration::from_secs(2);

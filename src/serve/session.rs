@@ -11,8 +11,9 @@
 //! protocol modules render them) nor how replies reach the socket (the send path does).
 //!
 //! Invariants: a session in `Send` never has more than its reply left to send; every byte
-//! of a reply comes from the snapshot the session started on; a session is counted in the
-//! limits from `open` to `close`, exactly once; requests are read only while no reply is
+//! of a reply comes from one snapshot: the one current when the session opened, or for a
+//! later request on a kept-alive HTTP connection, the one current when it arrived; a
+//! session is counted in the limits from `open` to `close`, exactly once; requests are read only while no reply is
 //! being sent, so pipelined requests wait in the kernel, not in our memory.
 
 use std::io::{self, Read, Write};
@@ -399,6 +400,14 @@ impl Server {
     /// is pending) and starts the reply when a request is whole. True if one started.
     fn on_http_bytes(&mut self, s: &mut Session, fresh: Option<usize>, now: Instant) -> bool {
         let Phase::Http { refuse } = s.phase else { return false };
+        // Each request on a kept-alive connection is answered from the file as it is now,
+        // not as it was when the connection opened (a cache in front keeps its upstream
+        // connections for a long time); nothing of the last reply is in flight here.
+        let current = self.versions.current();
+        if !Arc::ptr_eq(current, &s.snap) {
+            s.snap = current.clone();
+        }
+        let refuse = refuse.or_else(|| s.snap.is_stale().then_some(Refusal::Changing));
         s.snap.want_sha256();
         let Some(state) = s.http.as_mut() else { return false };
         let mut ctx = http::Ctx {

