@@ -5,7 +5,8 @@
 //!
 //! It must never start anything or measure anything; it only turns the environment and the
 //! machine's limits into numbers. The few knobs read where they act (`XFER_BENCH_QUIET_WAIT`,
-//! `XFER_BENCH_PROFILE`, `XFER_BENCH_FETCH_DISK`, `XFER_BIN`) are listed in main.rs.
+//! `XFER_BENCH_PROFILE`, `XFER_BENCH_FETCH_DISK`, `XFER_BENCH_AUTOGROUP_NICE`, `XFER_BIN`) are listed in
+//! main.rs.
 
 use crate::readings::nproc;
 

@@ -52,6 +52,9 @@
 //! - `XFER_BENCH_COPY_READS=1`: the load generator copies body bytes instead of MSG_TRUNC.
 //! - `XFER_BENCH_FETCH_DISK=1`: fetch outputs on disk only (no tmpfs).
 //! - `XFER_BENCH_QUIET_WAIT=SECS`: how long to wait for an idle machine before a measurement.
+//! - `XFER_BENCH_AUTOGROUP_NICE=N`: run the bench and its servers in a session of their own
+//!   whose scheduler autogroup has nice N (say -15), so that other sessions' jobs, niced or
+//!   not, take less of the pinned cores (setup.rs says why nice alone does not do it).
 //! - `XFER_BENCH_PROFILE='perf record -g -p {pids} -o /tmp/{name}.data'`: a command run
 //!   during each measured load phase, stopped with SIGINT at its end.
 //! - `XFER_BIN`: path of the xfer binary to test (default: the one cargo built beside us).

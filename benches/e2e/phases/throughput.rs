@@ -58,6 +58,10 @@ fn per_request_rows(res: &mut Results, pair: &Pair<Measured>, label: &str, unit:
     let r = pair.ratio(Measured::cpu_per_transfer_us);
     let metric = format!("{label}: server CPU per {}", unit.trim_end_matches('s'));
     res.push(row(&metric, x, n, r, "≤ 1.0×", r.map(|r| r <= 1.0 && x_exact)));
+    let rig = |m: &Measured| format!("{:.1} µs{}", m.rig_cpu_per_transfer_us(), m.flags());
+    let (x, n) = pair.cells(rig);
+    let metric = format!("{label}: CPU of server + load generator + softirq per {}", unit.trim_end_matches('s'));
+    res.push(info_row(&metric, x, n, pair.ratio(Measured::rig_cpu_per_transfer_us)));
     if let Some((x, h, r)) = pair.native_vs_http(Measured::per_sec, rate) {
         res.push(info_row(&format!("{label}: {unit}/s, xfer native vs HTTP"), x, h, r));
     }
@@ -99,6 +103,9 @@ fn fan(bench: &Bench, res: &mut Results, phase: &str, threads: usize) {
     let (x, n) = pair.cells(cpu);
     let r = pair.ratio(Measured::cpu_per_transfer_us);
     res.push(row(&format!("{label}: server CPU per transfer"), x, n, r, "≤ 1.0×", r.map(|r| r <= 1.0 && x_exact)));
+    let (x, n) = pair.cells(|m| format!("{:.0} µs{}", m.rig_cpu_per_transfer_us(), m.flags()));
+    let metric = format!("{label}: CPU of server + load generator + softirq per transfer");
+    res.push(info_row(&metric, x, n, pair.ratio(Measured::rig_cpu_per_transfer_us)));
     if let Some((x, h, r)) = pair.native_vs_http(Measured::gb_per_sec, rate) {
         res.push(info_row(&format!("{label}: aggregate, xfer native vs HTTP"), x, h, r));
     }
