@@ -194,8 +194,10 @@ fn drive(c: &mut Conn, t: &Target, o: &LoadOpts, more: bool, scratch: &mut [u8])
             Ok(true) => {}
             Err(e) => return Step::Done(Err(e)),
         }
+        // The response is whole: its bytes move from the one in progress to the answered
+        // ones (counted once: `Conn::bytes` adds the two).
         c.answered += 1;
-        c.answered_bytes += c.body;
+        c.answered_bytes += std::mem::take(&mut c.body);
         if !t.proto.keeps_alive() || c.server_closes || c.answered >= o.per_conn.max(1) || !more {
             return Step::Done(Ok(()));
         }
@@ -203,7 +205,6 @@ fn drive(c: &mut Conn, t: &Target, o: &LoadOpts, more: bool, scratch: &mut [u8])
         c.sent = 0;
         c.hdr.clear();
         c.hdr_done = false;
-        c.body = 0;
     }
 }
 
