@@ -30,8 +30,8 @@ const SENDFILE_MAX: usize = 0x7fff_f000;
 /// not in our sendfile. A small backlog keeps the transmitting in our own calls (the socket
 /// reports writable again as soon as it drops below this), and a stalled client pins at
 /// most this much unsent data in kernel memory instead of megabytes. On loopback with
-/// clients that copy what they read, this took 100 × 10 MiB fan-out from 6.3-7.1 GB/s to
-/// 12.9-16.9 GB/s (BENCHMARKS.md). It does not limit what is in flight, so a long fat
+/// clients that copy what they read, this about doubled 100 × 10 MiB fan-out, at the same
+/// CPU per transfer (BENCHMARKS.md). It does not limit what is in flight, so a long fat
 /// link still fills its window.
 pub const UNSENT_MAX: u32 = 256 * 1024;
 /// Bodies smaller than this go out before a limit would matter; they skip its system call.
