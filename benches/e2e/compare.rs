@@ -1,18 +1,22 @@
 //! One load measurement of one server, and `side_by_side`, the comparison every load phase
-//! makes with it: the same file, the same load and the same readings against xfer and then
-//! its peer (nginx), in the same run, so that the two figures differ by the server and not by
-//! the hour or by what else the machine was doing.
+//! makes with it: the same file, the same HTTP requests and the same readings against xfer
+//! and then its peer (nginx), in the same run, so that the two figures differ by the server
+//! and not by the protocol, the hour or what else the machine was doing. When asked, xfer's
+//! native protocol is measured under the same load too (a fresh server, between the two),
+//! for the "native vs HTTP" rows.
 //!
-//! It owns the order (xfer, a pause, the peer, each stopped before the next starts), where the
-//! servers and the load run, what a failed start means (fatal for xfer with one event loop;
-//! an empty column for a missing peer), and the profiler hook. It must never know what a
-//! phase measures or judges (the phase's closure and rows do), nor how a row is laid out.
+//! It owns the order (xfer over HTTP, xfer native, the peer; a pause between them, each
+//! stopped before the next starts), where the servers and the load run, what a failed start
+//! means (fatal for xfer with one event loop; an empty column for a missing peer), and the
+//! profiler hook. It must never know what a phase measures or judges (the phase's closure
+//! and rows do), nor how a row is laid out.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::load::{LoadOpts, Outcome, Target, run_load};
 use crate::peers::{Server, pin_self};
+use crate::proto::Proto;
 use crate::readings::{NOISY_PCT, tcp_counters, tcp_delta, wait_quiet, with_foreign};
 use crate::report::{Results, na};
 use crate::setup::Bench;
@@ -25,12 +29,18 @@ pub struct Serve<'a> {
     /// xfer's `--threads` and nginx's worker count. More than one spreads the servers and the
     /// load over all cores: a second event loop needs a core of its own.
     pub threads: usize,
+    /// The HTTP version both servers are asked in.
+    pub proto: Proto,
+    /// Also measure xfer's native protocol under the same load.
+    pub native: bool,
 }
 
-/// The same measurement of xfer and of its peer; `None` for one that did not run.
+/// The same measurement of xfer (over HTTP), of its peer, and of xfer's native protocol;
+/// `None` for one that did not run.
 pub struct Pair<T> {
     pub xfer: Option<T>,
     pub peer: Option<T>,
+    pub native: Option<T>,
 }
 
 impl<T> Pair<T> {
@@ -50,12 +60,26 @@ impl<T> Pair<T> {
             self.peer.as_ref().map(&cell).unwrap_or_else(|| na("nginx missing")),
         )
     }
+
+    /// A "native vs HTTP" row's cells and ratio (native ÷ HTTP), when native ran: xfer's
+    /// native figure where a row has xfer's, and its HTTP figure where it has the peer's.
+    pub fn native_vs_http(
+        &self,
+        figure: impl Fn(&T) -> f64,
+        cell: impl Fn(&T) -> String,
+    ) -> Option<(String, String, Option<f64>)> {
+        let n = self.native.as_ref()?;
+        let h = self.xfer.as_ref().map(|h| format!("HTTP {}", cell(h))).unwrap_or_else(|| na("failed"));
+        let ratio = self.xfer.as_ref().map(|h| figure(n) / figure(h));
+        Some((cell(n), h, ratio))
+    }
 }
 
-/// Starts xfer serving `serve`, runs `how` against it, stops it; then the same with nginx.
-/// `how` gets the server and a target for the file in the server's own protocol, and does
-/// the loading, the reading and the printing of its line. A start that fails is printed;
-/// xfer's is fatal unless it was asked for `--threads`.
+/// Starts xfer serving `serve`, runs `how` against it over HTTP, stops it; then the same
+/// over xfer's native protocol (when `serve.native`), then with nginx over HTTP. `how` gets
+/// the server and a target for the file in the protocol of that arm, and does the loading,
+/// the reading and the printing of its line. A start that fails is printed; xfer's is fatal
+/// unless it was asked for `--threads`.
 pub fn side_by_side<T>(
     bench: &Bench,
     res: &mut Results,
@@ -68,8 +92,11 @@ pub fn side_by_side<T>(
         pin_self(&bench.all_cores);
     }
     // Each server is dropped (stopped) at the end of its arm, before the next one starts.
-    let xfer = match bench.start_xfer(serve.file, serve.threads, cores) {
-        Ok(s) => Some(how(&s, &s.target(serve.file, serve.size))),
+    let mut xfer_arm = |proto: Proto| match bench.start_xfer(serve.file, serve.threads, cores) {
+        Ok(mut s) => {
+            s.name = format!("{} ({})", s.name, if proto == Proto::Xfer { "native" } else { "HTTP" });
+            Some(how(&s, &s.target(proto, serve.file, serve.size)))
+        }
         Err(e) => {
             println!("  xfer: FAILED TO START: {e}");
             if !spread {
@@ -78,11 +105,17 @@ pub fn side_by_side<T>(
             None
         }
     };
-    // Let the kernel tear down the first server's connections (thousands, in the stall and
-    // crowd phases) before the peer is measured.
-    std::thread::sleep(Duration::from_millis(500));
+    // Between arms, let the kernel tear down the last server's connections (thousands, in
+    // the stall and crowd phases) before the next one is measured.
+    let pause = || std::thread::sleep(Duration::from_millis(500));
+    let xfer = xfer_arm(serve.proto);
+    pause();
+    let native = serve.native.then(|| xfer_arm(Proto::Xfer)).flatten();
+    if serve.native {
+        pause();
+    }
     let peer = match bench.start_nginx(serve.threads, cores) {
-        Ok(s) => Some(how(&s, &s.target(serve.file, serve.size))),
+        Ok(s) => Some(how(&s, &s.target(serve.proto, serve.file, serve.size))),
         Err(e) => {
             println!("  nginx: skipped: {e}");
             None
@@ -91,7 +124,7 @@ pub fn side_by_side<T>(
     if spread && bench.pinned {
         pin_self(&[1]);
     }
-    Pair { xfer, peer }
+    Pair { xfer, peer, native }
 }
 
 /// A load phase against one server: the outcome and the server's CPU time for it.
@@ -116,6 +149,15 @@ impl Measured {
     pub fn cpu_per_transfer_us(&self) -> f64 {
         self.server_cpu_us / (self.out.ok as f64).max(1.0)
     }
+    /// CPU per transfer of the server, the load generator and the softirq threads together.
+    /// On loopback the kernel runs much of one side's TCP work in the other side's context
+    /// (the receiver's processing of what the server sends runs in the server's call; what
+    /// the acknowledgements release is sent from the load generator's), so this sum is the
+    /// figure that does not depend on who the work was charged to (BENCHMARKS.md).
+    pub fn rig_cpu_per_transfer_us(&self) -> f64 {
+        let softirqd_us = self.softirqd_pct / 100.0 * self.out.elapsed.as_secs_f64() * 1e6;
+        (self.server_cpu_us + self.out.load_cpu_us + softirqd_us) / (self.out.ok as f64).max(1.0)
+    }
     pub fn exact(&self) -> bool {
         self.out.bad == 0 && self.out.timed_out == 0 && self.out.ok > 0
     }
@@ -135,7 +177,8 @@ impl Measured {
         let secs = self.out.elapsed.as_secs_f64().max(1e-9);
         format!(
             "{}: {}; {:.0}/s, {:.3} GB/s; server CPU {:.3} s ({:.0}% of a core, {:.1} µs/transfer); \
-             load-gen CPU {:.0}%; ksoftirqd {:.0}% of a core; other processes {:.0}% of the machine{}",
+             load-gen CPU {:.0}%; ksoftirqd {:.0}% of a core; all three {:.1} µs/transfer; \
+             other processes {:.0}% of the machine{}",
             s.name,
             self.out.summary(),
             self.per_sec(),
@@ -145,6 +188,7 @@ impl Measured {
             self.cpu_per_transfer_us(),
             self.out.load_cpu_us / 1e4 / secs,
             self.softirqd_pct,
+            self.rig_cpu_per_transfer_us(),
             self.foreign_pct,
             if self.noisy() { " — NOISY, another job was using the CPU" } else { "" },
         ) + &format!("\n      kernel TCP counters: {}", self.kernel)

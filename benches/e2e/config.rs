@@ -5,7 +5,8 @@
 //!
 //! It must never start anything or measure anything; it only turns the environment and the
 //! machine's limits into numbers. The few knobs read where they act (`XFER_BENCH_QUIET_WAIT`,
-//! `XFER_BENCH_PROFILE`, `XFER_BENCH_FETCH_DISK`, `XFER_BIN`) are listed in main.rs.
+//! `XFER_BENCH_PROFILE`, `XFER_BENCH_FETCH_DISK`, `XFER_BENCH_AUTOGROUP_NICE`, `XFER_BIN`) are listed in
+//! main.rs.
 
 use crate::readings::nproc;
 
@@ -21,6 +22,8 @@ pub struct Cfg {
     only: Option<Vec<String>>,
     pub small_secs: f64,
     pub small_conc: usize,
+    /// Requests per kept-alive connection in the keepalive phase (both servers allow 1000).
+    pub keepalive_per_conn: u32,
     pub fan_secs: f64,
     pub fan_conc: usize,
     pub fan_size: u64,
@@ -63,6 +66,7 @@ impl Cfg {
             only,
             small_secs: (5.0 * scale).clamp(0.5, 60.0),
             small_conc: 100,
+            keepalive_per_conn: 100,
             fan_secs: (5.0 * scale).clamp(1.0, 60.0),
             fan_conc: 100,
             fan_size: 10 * MIB,

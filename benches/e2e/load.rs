@@ -1,5 +1,8 @@
 //! The load generator: one mio thread that opens client connections to an address, sends
-//! each its request, reads the response to EOF and checks its length, many at once. Body
+//! each its request, reads the response to its end and checks its length, many at once. A
+//! response ends at EOF, or, with a keep-alive protocol, after Content-Length body bytes;
+//! the client then sends its next request on the same connection, up to `per_conn`
+//! requests, and closes it itself. Body
 //! bytes are dropped with `recv(MSG_TRUNC)`, so a client costs the kernel's receive work and
 //! little else (`XFER_BENCH_COPY_READS=1` copies them instead). It also holds clients that
 //! send their request and never read, for the stall phase.
@@ -50,6 +53,8 @@ pub struct LoadOpts {
     pub rcvbuf: Option<usize>,
     /// Record each transfer's completion time.
     pub latency: bool,
+    /// Requests per connection with a keep-alive protocol (ignored by the others: one).
+    pub per_conn: u32,
     pub copy_reads: bool,
 }
 
@@ -95,11 +100,40 @@ struct Conn {
     sent: usize,
     hdr: Vec<u8>,
     hdr_done: bool,
+    /// The server announced it closes after this response.
+    server_closes: bool,
+    /// Body bytes of the response in progress.
     body: u64,
+    /// Responses completed on this connection, and their body bytes.
+    answered: u32,
+    answered_bytes: u64,
+}
+
+impl Conn {
+    fn new(sock: TcpStream) -> Conn {
+        Conn {
+            sock,
+            started: Instant::now(),
+            sent: 0,
+            hdr: Vec::new(),
+            hdr_done: false,
+            server_closes: false,
+            body: 0,
+            answered: 0,
+            answered_bytes: 0,
+        }
+    }
+
+    /// Body bytes received on this connection, complete responses and the current one.
+    fn bytes(&self) -> u64 {
+        self.answered_bytes + self.body
+    }
 }
 
 enum Step {
     Pending,
+    /// The connection is over: `Ok` when its last response was whole (its responses, in
+    /// `answered`, count as transfers).
     Done(Result<(), String>),
 }
 
@@ -144,26 +178,53 @@ fn recv_discard(sock: &TcpStream, scratch: &mut [u8], copy: bool) -> io::Result<
 }
 
 /// Moves one connection as far as it goes without blocking: the request out, then the
-/// head, then the body. The head goes through `Proto::parse_head`; a response ends at EOF,
-/// the only ending the protocols have today (a keep-alive one would end at `size` body
-/// bytes and send the next request here).
-fn drive(c: &mut Conn, t: &Target, scratch: &mut [u8], copy: bool) -> Step {
-    match send_request(&mut c.sock, &mut c.sent, &t.req) {
-        Ok(true) => {}
-        Ok(false) => return Step::Pending,
-        Err(e) => return Step::Done(Err(e)),
-    }
+/// head, then the body. The head goes through `Proto::parse_head`. A response ends at EOF,
+/// or with a keep-alive protocol at `size` body bytes: then the next request goes out at
+/// once, unless this connection has had `per_conn` of them, the server said it closes, or
+/// `more` is false (the load's window is over); then this client closes first.
+fn drive(c: &mut Conn, t: &Target, o: &LoadOpts, more: bool, scratch: &mut [u8]) -> Step {
     loop {
+        match send_request(&mut c.sock, &mut c.sent, &t.req) {
+            Ok(true) => {}
+            Ok(false) => return Step::Pending,
+            Err(e) => return Step::Done(Err(e)),
+        }
+        match read_response(c, t, scratch, o.copy_reads) {
+            Ok(false) => return Step::Pending,
+            Ok(true) => {}
+            Err(e) => return Step::Done(Err(e)),
+        }
+        // The response is whole: its bytes move from the one in progress to the answered
+        // ones (counted once: `Conn::bytes` adds the two).
+        c.answered += 1;
+        c.answered_bytes += std::mem::take(&mut c.body);
+        if !t.proto.keeps_alive() || c.server_closes || c.answered >= o.per_conn.max(1) || !more {
+            return Step::Done(Ok(()));
+        }
+        // The next request on the same connection.
+        c.sent = 0;
+        c.hdr.clear();
+        c.hdr_done = false;
+    }
+}
+
+/// Reads (the rest of) one response: `Ok(true)` once it is whole, `Ok(false)` on WouldBlock.
+fn read_response(c: &mut Conn, t: &Target, scratch: &mut [u8], copy: bool) -> Result<bool, String> {
+    let at_length = t.proto.keeps_alive();
+    loop {
+        if at_length && c.hdr_done && c.body == t.size {
+            return Ok(true);
+        }
         let r = if c.hdr_done { recv_discard(&c.sock, scratch, copy) } else { c.sock.read(&mut scratch[..4096]) };
         match r {
             Ok(0) => {
-                return Step::Done(if !c.hdr_done {
+                return if !c.hdr_done {
                     Err(format!("EOF before the header ({} bytes)", c.hdr.len()))
                 } else if c.body != t.size {
                     Err(format!("short body: {} of {} bytes", c.body, t.size))
                 } else {
-                    Ok(())
-                });
+                    Ok(true)
+                };
             }
             Ok(n) => {
                 if c.hdr_done {
@@ -172,20 +233,21 @@ fn drive(c: &mut Conn, t: &Target, scratch: &mut [u8], copy: bool) -> Step {
                     c.hdr.extend_from_slice(&scratch[..n]);
                     match t.proto.parse_head(&c.hdr, t.size) {
                         Ok(None) => {}
-                        Ok(Some(used)) => {
+                        Ok(Some(head)) => {
                             c.hdr_done = true;
-                            c.body = (c.hdr.len() - used) as u64;
+                            c.server_closes = head.closes;
+                            c.body = (c.hdr.len() - head.len) as u64;
                         }
-                        Err(e) => return Step::Done(Err(e)),
+                        Err(e) => return Err(e),
                     }
                 }
                 if c.body > t.size {
-                    return Step::Done(Err(format!("more than {} body bytes", t.size)));
+                    return Err(format!("more than {} body bytes", t.size));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Pending,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Step::Done(Err(format!("recv after {} body bytes: {}", c.body, e.kind()))),
+            Err(e) => return Err(format!("recv after {} body bytes: {}", c.body, e.kind())),
         }
     }
 }
@@ -215,21 +277,14 @@ pub fn run_load(t: &Target, o: &LoadOpts) -> Outcome {
                         .register(&mut sock, Token(entry.key()), Interest::READABLE | Interest::WRITABLE)
                         .expect("register");
                     let key = entry.key();
-                    let c = entry.insert(Conn {
-                        sock,
-                        started: Instant::now(),
-                        sent: 0,
-                        hdr: Vec::new(),
-                        hdr_done: false,
-                        body: 0,
-                    });
+                    let c = entry.insert(Conn::new(sock));
                     pending -= 1;
                     // Send now; the answer (and any connect error) arrives as an event.
                     if let Err(e) = send_request(&mut c.sock, &mut c.sent, &t.req) {
                         let c = conns.remove(key);
                         out.bad += 1;
                         out.error(e);
-                        out.body_bytes += c.body;
+                        out.body_bytes += c.bytes();
                         pending += 1;
                         connect_errors += 1;
                         break; // retry on the next turn
@@ -249,7 +304,8 @@ pub fn run_load(t: &Target, o: &LoadOpts) -> Outcome {
         if now.duration_since(start) > o.deadline || connect_errors > 100_000 {
             out.timed_out += conns.len() as u64;
             for (_, c) in conns.iter() {
-                out.body_bytes += c.body;
+                out.ok += c.answered as u64;
+                out.body_bytes += c.bytes();
             }
             break;
         }
@@ -263,12 +319,13 @@ pub fn run_load(t: &Target, o: &LoadOpts) -> Outcome {
             let k = ev.token().0;
             // Spurious events happen, and a finished connection's token may still be reported.
             let Some(c) = conns.get_mut(k) else { continue };
-            if let Step::Done(res) = drive(c, t, &mut scratch, o.copy_reads) {
+            let more = start.elapsed() < o.window;
+            if let Step::Done(res) = drive(c, t, o, more, &mut scratch) {
                 let c = conns.remove(k);
                 let done = Instant::now();
+                out.ok += c.answered as u64;
                 match res {
                     Ok(()) => {
-                        out.ok += 1;
                         if o.latency {
                             out.latencies.push(done - c.started);
                         }
@@ -278,7 +335,7 @@ pub fn run_load(t: &Target, o: &LoadOpts) -> Outcome {
                         out.error(e);
                     }
                 }
-                out.body_bytes += c.body;
+                out.body_bytes += c.bytes();
                 last_done = done;
                 pending += 1;
             }

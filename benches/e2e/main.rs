@@ -7,17 +7,28 @@
 //!
 //! A raw mio load generator of its own (one thread, pinned to core 1 when there are two
 //! or more cores) drives `xfer serve` (pinned to core 0) and, when it is installed, nginx
-//! (1 worker, sendfile on, access_log off, pinned to core 0) serving the same files. For
-//! xfer each client sends the 48-byte request and reads header + body to EOF; for nginx it
-//! sends `GET /file HTTP/1.0` and reads to EOF. Every transfer's byte count is checked.
+//! (1 worker, sendfile on, access_log off, pinned to core 0) serving the same files, and
+//! asks both the same way: over HTTP. xfer speaks its native protocol and HTTP on one
+//! port, so each load phase also measures xfer native under the same load (a fresh server)
+//! for the "xfer native vs HTTP" rows. A transfer is, per client:
+//! - HTTP/1.0 (small, fanout, fanout2, stall, crowd): connect (non-blocking), send
+//!   `GET /NAME HTTP/1.0\r\n\r\n` at once, read the head and body to EOF (the server
+//!   closes first), check the status is 200 and the body has the file's size, close;
+//! - native: the same with the 48-byte request, checking the decoded header's size;
+//! - HTTP/1.1 keep-alive (keepalive): connect, send `GET /NAME HTTP/1.1\r\nHost: bench\r\n\r\n`,
+//!   read the head, check Content-Length, read exactly that many body bytes, send the next
+//!   request on the same connection; after 100 requests the client closes first.
+//!
 //! Body bytes are discarded with `recv(MSG_TRUNC)` (no copy into user space), so the
 //! load generator costs as little as possible and both servers see the same client;
-//! `XFER_BENCH_COPY_READS=1` copies them instead.
+//! `XFER_BENCH_COPY_READS=1` copies them instead. As soon as a client's connection ends
+//! another one starts, keeping the concurrency constant.
 //!
 //! Phases (each bounded in count and time; traffic only to 127.0.0.1):
 //! - small: 80-byte file, 100 concurrent clients, a new connection per transfer.
+//! - keepalive: the same file, 100 concurrent HTTP/1.1 connections of 100 requests each.
 //! - fanout: 10 MiB file, 100 concurrent clients, repeated; 1 reactor vs 1 worker, then
-//!   `--threads 2` vs 2 workers (both unpinned over cores 0-1, the load too).
+//!   `--threads 2` vs 2 workers (fanout2: both unpinned over cores 0-1, the load too).
 //! - fetch: 1 GiB `xfer fetch` (verify + atomic write) vs `curl -o` + `b3sum` and vs
 //!   `curl -o /dev/null` (against nginx), when those are installed. Outputs on tmpfs
 //!   (/dev/shm) so the VM's disk is not what is measured; on disk (fsync on both sides) too,
@@ -35,11 +46,15 @@
 //! Environment:
 //! - `XFER_BENCH_SCALE`: `quick` (= 0.1), `full` (= 1, the default) or a number; scales
 //!   durations, the fetch size and the client counts.
-//! - `XFER_BENCH_ONLY`: comma list of phases to run (small,fanout,fanout2,fetch,stall,crowd).
+//! - `XFER_BENCH_ONLY`: comma list of phases to run
+//!   (small,keepalive,fanout,fanout2,fetch,stall,crowd).
 //! - `XFER_BENCH_NO_PEERS=1`: do not run nginx/curl/b3sum even when installed.
 //! - `XFER_BENCH_COPY_READS=1`: the load generator copies body bytes instead of MSG_TRUNC.
 //! - `XFER_BENCH_FETCH_DISK=1`: fetch outputs on disk only (no tmpfs).
 //! - `XFER_BENCH_QUIET_WAIT=SECS`: how long to wait for an idle machine before a measurement.
+//! - `XFER_BENCH_AUTOGROUP_NICE=N`: run the bench and its servers in a session of their own
+//!   whose scheduler autogroup has nice N (say -15), so that other sessions' jobs, niced or
+//!   not, take less of the pinned cores (setup.rs says why nice alone does not do it).
 //! - `XFER_BENCH_PROFILE='perf record -g -p {pids} -o /tmp/{name}.data'`: a command run
 //!   during each measured load phase, stopped with SIGINT at its end.
 //! - `XFER_BIN`: path of the xfer binary to test (default: the one cargo built beside us).
@@ -70,8 +85,9 @@ use setup::Bench;
 type Phase = fn(&Bench, &mut Results);
 
 /// Every phase, in the order they run; `XFER_BENCH_ONLY` picks some by these names.
-const PHASES: [(&str, Phase); 6] = [
+const PHASES: [(&str, Phase); 7] = [
     ("small", phases::small),
+    ("keepalive", phases::keepalive),
     ("fanout", phases::fanout),
     ("fanout2", phases::fanout2),
     ("fetch", phases::fetch),

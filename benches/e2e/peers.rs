@@ -2,8 +2,8 @@
 //! curl and b3sum as timed client commands. It finds their executables, starts them pinned
 //! to given cores, waits until a server answers, and makes sure none outlives the bench.
 //!
-//! It owns how each program is started and stopped and which protocol each server speaks,
-//! and must never measure: CPU, memory and timing of a load phase are taken by the callers
+//! It owns how each program is started and stopped and which protocols each server speaks
+//! (xfer: native and HTTP on one port; nginx: HTTP), and must never measure: CPU, memory and timing of a load phase are taken by the callers
 //! (readings.rs, compare.rs), and nothing here knows the phases or the report. Each server
 //! reports the processes whose CPU and memory count, because only it knows them (nginx: a
 //! master and its workers).
@@ -56,18 +56,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// The protocol the load generator speaks to this server.
-    pub fn proto(&self) -> Proto {
-        match self.kind {
-            Kind::Xfer => Proto::Xfer,
-            Kind::Nginx => Proto::Http10,
-        }
-    }
-
-    /// Requests for `path` (a name in the served directory; xfer serves one file and ignores
-    /// it) whose responses carry `size` body bytes.
-    pub fn target(&self, path: &str, size: u64) -> Target {
-        Target::new(self.addr, self.proto(), path, size)
+    /// Requests in `proto` for `path` (a name in the served directory, which is also the
+    /// name xfer serves its one file under) whose responses carry `size` body bytes.
+    pub fn target(&self, proto: Proto, path: &str, size: u64) -> Target {
+        debug_assert!(self.kind == Kind::Xfer || proto != Proto::Xfer, "nginx speaks only HTTP");
+        Target::new(self.addr, proto, path, size)
     }
 
     pub fn cpu_us(&self) -> f64 {
@@ -197,7 +190,7 @@ pub fn start_xfer(bin: &Path, file: &Path, threads: usize, cores: Option<&[usize
         _dir: None,
     };
     // An answered request proves the server is serving, so no phase measures its start-up.
-    probe(&s, &s.target("", std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)))?;
+    probe(&s, &s.target(Proto::Xfer, "", std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)))?;
     if !s.is_alive() {
         return Err(format!("xfer serve exited; stderr: {}", s.stderr_tail()));
     }

@@ -43,6 +43,7 @@ pub struct Bench {
 impl Bench {
     /// Reads the environment, pins this thread, prints the banner and writes the data files.
     pub fn start() -> Bench {
+        let priority = own_priority();
         let nofile = raise_nofile();
         let cfg = Cfg::from_env(nofile);
         let bin = peers::xfer_bin();
@@ -54,6 +55,9 @@ impl Bench {
         let pinned = cfg.pin && pin_self(&[1]);
 
         print_banner(&cfg, nofile, pinned, &bin, &tools);
+        if let Some(p) = priority {
+            println!("priority: {p}");
+        }
 
         let data = tempfile::Builder::new().prefix("xfer-bench-").tempdir().expect("tempdir");
         let dd = data.path();
@@ -144,6 +148,29 @@ fn print_banner(cfg: &Cfg, nofile: u64, pinned: bool, bin: &Path, tools: &Tools)
     match &tools.b3sum {
         Some(p) => println!("b3sum: {}", first_line(Command::new(p).arg("--version"))),
         None => println!("b3sum: not installed — curl -o + b3sum comparison skipped"),
+    }
+}
+
+/// `XFER_BENCH_AUTOGROUP_NICE=N` (say -15): the bench and every process it starts get a
+/// session of their own, and so a scheduler autogroup of their own, whose nice is set to N.
+/// With autogroups (`kernel.sched_autogroup_enabled`), a process's nice counts only within
+/// its session: a job another user started at nice 19 in its own session still takes an
+/// equal share of a core, and its time slices delay every wake-up of a server or client
+/// that shares the core. This weighs the bench's group against theirs instead; nothing
+/// else is touched. Returns what was done, for the banner.
+fn own_priority() -> Option<String> {
+    let nice = std::env::var("XFER_BENCH_AUTOGROUP_NICE").ok()?;
+    let nice: i32 = match nice.trim().parse() {
+        Ok(n) if (-20..=19).contains(&n) => n,
+        _ => return Some(format!("XFER_BENCH_AUTOGROUP_NICE={nice:?} is not a nice value; unchanged")),
+    };
+    // SAFETY: setsid takes no arguments; it fails only for a process-group leader.
+    if unsafe { libc::setsid() } < 0 {
+        return Some(format!("setsid: {}; priority unchanged", std::io::Error::last_os_error()));
+    }
+    match std::fs::write("/proc/self/autogroup", nice.to_string()) {
+        Ok(()) => Some(format!("a session and autogroup of its own, at nice {nice} (XFER_BENCH_AUTOGROUP_NICE)")),
+        Err(e) => Some(format!("/proc/self/autogroup: {e}; a session of its own, priority unchanged")),
     }
 }
 

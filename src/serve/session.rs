@@ -673,6 +673,8 @@ mod tests {
         /// Reads give everything sent so far at once, as when a client writes its request
         /// and proof in one go (normally: one byte per read).
         gulp: bool,
+        /// The unsent limit the send path asked for, if any.
+        limited: Option<u32>,
         got: Vec<u8>,
         shut: bool,
     }
@@ -687,6 +689,7 @@ mod tests {
                 never_block: false,
                 no_sendfile: false,
                 gulp: false,
+                limited: None,
                 got: Vec::new(),
                 shut: false,
             }
@@ -739,6 +742,9 @@ mod tests {
         }
         fn unacked(&self) -> usize {
             0
+        }
+        fn limit_unsent(&mut self, bytes: u32) {
+            self.limited = Some(bytes);
         }
     }
 
@@ -942,6 +948,23 @@ mod tests {
         let past = wire::encode_request(&wire::Request::v1(300_001, None));
         let (_, s) = serve_through(&data, 4096, 1 << 20, policy(), &past);
         assert!(matches!(s.outcome, Outcome::Refused(Refusal::BadOffset)));
+    }
+
+    #[test]
+    fn large_bodies_cap_the_unsent_backlog_small_ones_skip_it() {
+        for (size, want) in [(2 << 20, Some(super::super::send::UNSENT_MAX)), (300_000, None)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            std::fs::write(&path, vec![3u8; size]).unwrap();
+            let mut server = Server::new(Arc::new(Snapshot::open(&path).unwrap()), policy());
+            let now = Instant::now();
+            let mut s = server.open("127.0.0.1:9".parse().unwrap(), now).unwrap();
+            let mut conn = Trickle::new(&req(), 1 << 20);
+            conn.never_block = true;
+            while server.step(&mut s, &mut conn, 1 << 20, now) != Step::Done {}
+            assert_eq!(conn.limited, want, "a {size}-byte body");
+            assert!(conn.got == expected(&vec![3u8; size]));
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The crowd phase: ten thousand clients of a 1 MiB file all start at once, and each one's
-//! time from `connect()` to EOF is recorded. The figures are how many got an exact copy and
+//! The crowd phase: ten thousand clients of a 1 MiB file all start at once, asking over
+//! HTTP/1.0 (and xfer natively too), and each one's time from `connect()` to EOF is
+//! recorded. The figures are how many got an exact copy and
 //! how far the slowest percent trails the median (p99 / p50): a server that is fair to a
 //! crowd keeps it small.
 //!
@@ -11,7 +12,8 @@ use std::time::Duration;
 use crate::compare::{Measured, Serve, measure, side_by_side};
 use crate::config::MIB;
 use crate::load::LoadOpts;
-use crate::report::{Results, row};
+use crate::proto::Proto;
+use crate::report::{Results, info_row, row};
 use crate::setup::{Bench, CROWD_FILE};
 
 /// One server's crowd: the load's measurement and its completion-time percentiles, in ms.
@@ -35,9 +37,10 @@ pub fn crowd(bench: &Bench, res: &mut Results) {
         deadline: Duration::from_secs(180),
         rcvbuf: None,
         latency: true,
+        per_conn: 1,
         copy_reads: cfg.copy_reads,
     };
-    let serve = Serve { file: CROWD_FILE, size: cfg.crowd_size, threads: 1 };
+    let serve = Serve { file: CROWD_FILE, size: cfg.crowd_size, threads: 1, proto: Proto::Http10, native: true };
     let pair = side_by_side(bench, res, &serve, |s, t| {
         let mut m = measure("crowd", s, t, &opts);
         m.out.latencies.sort();
@@ -58,11 +61,18 @@ pub fn crowd(bench: &Bench, res: &mut Results) {
     let mib = cfg.crowd_size / MIB;
     let (x, p) = pair.cells(|c| format!("{} of {n} exact", c.m.out.ok));
     let x_all = pair.xfer.as_ref().map(|c| c.m.out.ok == n as u64 && c.m.exact());
-    res.push(row(&format!("{n} clients × {mib} MiB: all exact"), x, p, None, "all", x_all));
-    let (x, p) = pair.cells(|c| format!("{:.0} / {:.0} ms (×{:.2})", c.p50, c.p99, c.p99 / c.p50));
+    res.push(row(&format!("{n} HTTP clients × {mib} MiB: all exact"), x, p, None, "all", x_all));
+    let spread = |c: &Crowd| format!("{:.0} / {:.0} ms (×{:.2})", c.p50, c.p99, c.p99 / c.p50);
+    let (x, p) = pair.cells(spread);
     // Judged on xfer's own spread, not against the peer's.
     let x_ratio = pair.xfer.as_ref().map(|c| c.p99 / c.p50);
     let pass = x_ratio.map(|r| r <= 2.0);
-    res.push(row(&format!("{n} clients × {mib} MiB: p50 / p99 completion"), x, p, x_ratio, "xfer p99/p50 ≤ 2", pass));
+    let metric = format!("{n} HTTP clients × {mib} MiB: p50 / p99 completion");
+    res.push(row(&metric, x, p, x_ratio, "xfer p99/p50 ≤ 2", pass));
+    if let Some((x, h, r)) = pair.native_vs_http(|c| c.p99 / c.p50, spread) {
+        let exact = pair.native.as_ref().map_or(0, |c| c.m.out.ok);
+        let metric = format!("{n} clients: p50 / p99, xfer native ({exact} of {n} exact) vs HTTP");
+        res.push(info_row(&metric, x, h, r));
+    }
     println!();
 }

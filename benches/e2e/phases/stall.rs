@@ -1,7 +1,7 @@
-//! The stall phase: thousands of clients request a 64 MiB file and never read, and the
-//! server's resident memory growth per stalled client is the figure (with the kernel's TCP
-//! memory beside it, as information). It is what a server pays for a client that does
-//! nothing.
+//! The stall phase: thousands of clients request a 64 MiB file over HTTP/1.0 (and from
+//! xfer natively too) and never read, and the server's resident memory growth per stalled
+//! client is the figure (with the kernel's TCP memory beside it, as information). It is
+//! what a server pays for a client that does nothing.
 //!
 //! It owns when memory is read (after every client is mid-transfer and RSS has settled) and
 //! how the figure is judged; the clients are load.rs's and the servers compare.rs's.
@@ -13,6 +13,7 @@ use crate::compare::{Serve, side_by_side};
 use crate::config::MIB;
 use crate::load::{Stalled, Target};
 use crate::peers::{Server, probe};
+use crate::proto::Proto;
 use crate::readings::{rss_bytes, tcp_counters, tcp_delta, tcp_mem_pages, wait_quiet};
 use crate::report::{Results, fmt_bytes, info_row, row};
 use crate::setup::{Bench, STALL_FILE};
@@ -21,7 +22,7 @@ pub fn stall(bench: &Bench, res: &mut Results) {
     let cfg = &bench.cfg;
     let n = cfg.stall_clients;
     println!("## stall: {n} clients request a {} MiB file and never read (SO_RCVBUF 16 KiB)", cfg.stall_size / MIB);
-    let serve = Serve { file: STALL_FILE, size: cfg.stall_size, threads: 1 };
+    let serve = Serve { file: STALL_FILE, size: cfg.stall_size, threads: 1, proto: Proto::Http10, native: true };
     let pair = side_by_side(bench, res, &serve, |s, t| {
         let _ = probe(s, t);
         let k0 = tcp_counters();
@@ -45,16 +46,20 @@ pub fn stall(bench: &Bench, res: &mut Results) {
         );
         r
     });
-    let (x, p) = pair.cells(|r| {
+    let cell = |r: &Stall| {
         format!("{}{}", fmt_bytes(r.per_client()), if r.ok() { "" } else { " (not all stalled mid-transfer!)" })
-    });
+    };
+    let (x, p) = pair.cells(cell);
     let x_ok = pair.xfer.as_ref().map(|x| x.ok() && x.per_client() <= 512.0);
     let ratio = pair.ratio(Stall::per_client);
-    res.push(row(&format!("RSS growth per stalled client ({n} clients)"), x, p, ratio, "≤ 512 B", x_ok));
+    res.push(row(&format!("RSS growth per stalled HTTP client ({n} clients)"), x, p, ratio, "≤ 512 B", x_ok));
+    if let Some((x, h, r)) = pair.native_vs_http(Stall::per_client, cell) {
+        res.push(info_row("RSS growth per stalled client, xfer native vs HTTP", x, h, r));
+    }
     let (x, p) = pair.cells(|r| fmt_bytes(r.kmem as f64 / r.clients.max(1) as f64));
     // A peer whose sockets held nothing would divide by zero; count it as one byte.
     let kratio = pair.both().map(|(x, p)| x.kmem as f64 / (p.kmem as f64).max(1.0));
-    res.push(info_row("kernel TCP memory per stalled client (both ends)", x, p, kratio));
+    res.push(info_row("kernel TCP memory per stalled HTTP client (both ends)", x, p, kratio));
     println!();
 }
 
