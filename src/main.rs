@@ -127,7 +127,9 @@ fe80::1%eth0 with a zone). OUTPUT may be a file (an existing one keeps its permi
 is followed and the file it points to is replaced; a device or FIFO is written straight into), - for \
 stdout, or a directory (or nothing: the current one), where the file is saved under the server's name. \
 Transient failures (busy, connection lost, timeout, HTTP 5xx) are retried with backoff, resuming \
-where the last attempt stopped.")]
+where the last attempt stopped. With a token (best in a file: --token-file), an xfer server proves \
+it knows the token too, by challenge-response; the token itself never crosses the wire, and a \
+server that cannot prove it is refused (docs/SECURITY.md).")]
 struct FetchArgs {
     /// server as HOST, HOST:PORT, [IPV6]:PORT, or an http:// URL
     #[argh(positional, from_str_fn(text_arg))]
