@@ -338,7 +338,21 @@ fn attempt(source: &Source, plan: &Plan, opts: &Options, started: Instant, fresh
         t.discard()?;
     }
     let point = out.as_mut().and_then(Output::temp).and_then(|t| t.resume_point().map(|(n, r)| (n, r.clone())));
-    let mut offer = ask(source, opts, point.as_ref())?;
+    let mut offer = match ask(source, opts, point.as_ref()) {
+        Ok(o) => o,
+        Err(e) => {
+            // Not reaching the server, or losing it before it answered, keeps a kept
+            // partial for the next attempt; a refusal that will not change (not allowed,
+            // a bad token, 404) ends it.
+            if matches!(e, FetchError::Refused { .. } | FetchError::Http { .. })
+                && !e.is_transient()
+                && let Some(t) = out.as_mut().and_then(Output::temp)
+            {
+                t.discard()?;
+            }
+            return Err(e);
+        }
+    };
 
     // Is the prefix still a prefix of this file?
     if let Some((n, r)) = &point

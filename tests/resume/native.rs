@@ -456,6 +456,40 @@ fn a_resumed_fetch_that_fails_before_any_byte_keeps_the_partial() {
     assert!(summary(&res).contains(&format!("resuming at {kept}")), "summary: {}", summary(&res));
 }
 
+/// With a token: a cut authenticated transfer resumes (the offset is part of what both
+/// sides prove); a refusal that will not change (a wrong token) ends the kept partial,
+/// where a failure to reach the server keeps it.
+#[test]
+fn an_authenticated_transfer_resumes_and_a_refusal_ends_the_partial() {
+    let size = 2 * MIB + 29;
+    let tokens = tempdir();
+    let right = secret_file(tokens.path(), "right", b"sesame\n");
+    let wrong = secret_file(tokens.path(), "wrong", b"open sesame\n");
+    let s = setup(size, 10_015, &["--token-file", right.to_str().unwrap()]);
+    let proxy = Proxy::start(s.server.addr, Plan::clean());
+    let out = s.outdir.join("copy.bin");
+    let with = |f: &std::path::Path| vec!["--token-file".to_string(), f.to_str().unwrap().to_string()];
+    let right_args = with(&right);
+    let right_args: Vec<&str> = right_args.iter().map(String::as_str).collect();
+    // The stream: a challenge, then the header, the name and the server's MAC, then the body.
+    let head = 48 + native_head(NAME) + 32;
+    let kept = cut_once(&proxy, &proxy.target(), &out, head + size * 6 / 10, head, &right_args);
+    let mut args = vec!["--retry", "0"];
+    args.extend_from_slice(&right_args);
+    let res = fetch_default(&proxy.target(), &out, &args);
+    assert_fetched(&out, &res, &s.data);
+    assert!(summary(&res).contains(&format!("resuming at {kept}")), "summary: {}", summary(&res));
+
+    std::fs::remove_file(&out).unwrap();
+    cut_once(&proxy, &proxy.target(), &out, head + size / 2, head, &right_args);
+    let wrong_args = with(&wrong);
+    let mut args = vec!["--retry", "0"];
+    args.extend(wrong_args.iter().map(String::as_str));
+    let res = fetch_default(&proxy.target(), &out, &args);
+    assert_failed(&res, &[6], "a wrong token");
+    assert!(dir_names(&s.outdir).is_empty(), "a refusal must end the partial: {:?}", dir_names(&s.outdir));
+}
+
 // ---------------------------------------------------------------------------------------
 // Signals.
 // ---------------------------------------------------------------------------------------
