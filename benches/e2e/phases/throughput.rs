@@ -109,7 +109,9 @@ fn auth_rows(res: &mut Results, label: &str, open: &[Measured], with: &[Measured
     let diff = if diffs.is_empty() {
         na("failed")
     } else {
-        format!("{}{}", spread(&diffs, |x| format!("{x:+.1}"), " µs"), flags_of(&[with, open]))
+        // "+19.8 µs (17.8–24.4)": the sign on the median only, so that the range reads.
+        let sign = if median(&mut diffs.clone()) > 0.0 { "+" } else { "" };
+        format!("{sign}{}{}", spread(&diffs, |x| format!("{x:.1}"), " µs"), flags_of(&[with, open]))
     };
     res.push(info_row(&format!("{label}: server CPU a token adds per transfer"), diff, "–".into(), None));
     let (w, o, r) = cells(Measured::rig_cpu_per_transfer_us, |x| format!("{x:.1}"), " µs");
