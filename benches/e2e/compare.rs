@@ -8,8 +8,9 @@
 //! It owns the order (xfer over HTTP, xfer native, the peer; a pause between them, each
 //! stopped before the next starts), where the servers and the load run, what a failed start
 //! means (fatal for xfer with one event loop; an empty column for a missing peer), and the
-//! profiler hook. It must never know what a phase measures or judges (the phase's closure
-//! and rows do), nor how a row is laid out.
+//! profiler hook. `arms`, below `side_by_side`, runs any list of servers the same way (the
+//! auth phase's xfer with and without a token). It must never know what a phase measures
+//! or judges (the phase's closure and rows do), nor how a row is laid out.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,6 +76,22 @@ impl<T> Pair<T> {
     }
 }
 
+/// One server of a comparison, and how the load asks it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Arm {
+    /// `xfer serve`, asked in `proto`; with `token`, started with `--token-file` and asked
+    /// with the token (Bearer over HTTP, challenge-response natively).
+    Xfer { proto: Proto, token: bool },
+    /// The peer (nginx), asked over HTTP in `proto`.
+    Peer(Proto),
+}
+
+impl Arm {
+    fn xfer(proto: Proto) -> Arm {
+        Arm::Xfer { proto, token: false }
+    }
+}
+
 /// Starts xfer serving `serve`, runs `how` against it over HTTP, stops it; then the same
 /// over xfer's native protocol (when `serve.native`), then with nginx over HTTP. `how` gets
 /// the server and a target for the file in the protocol of that arm, and does the loading,
@@ -86,45 +103,76 @@ pub fn side_by_side<T>(
     serve: &Serve,
     how: impl Fn(&Server, &Target) -> T,
 ) -> Pair<T> {
+    let mut list = vec![Arm::xfer(serve.proto)];
+    if serve.native {
+        list.push(Arm::xfer(Proto::Xfer));
+    }
+    list.push(Arm::Peer(serve.proto));
+    let mut got = arms(bench, res, serve, &list, how).into_iter();
+    let xfer = got.next().flatten();
+    let native = if serve.native { got.next().flatten() } else { None };
+    let peer = got.next().flatten();
+    Pair { xfer, peer, native }
+}
+
+/// The servers of `list` one after another, each serving `serve.file` (`serve.proto` and
+/// `serve.native` are not read: each arm says how it is asked), `how` run against each;
+/// `None` for one that did not start. Each is stopped before the next starts, half a
+/// second apart. A failed start is printed; xfer's is fatal unless it was asked for
+/// `--threads`.
+pub fn arms<T>(
+    bench: &Bench,
+    res: &mut Results,
+    serve: &Serve,
+    list: &[Arm],
+    how: impl Fn(&Server, &Target) -> T,
+) -> Vec<Option<T>> {
     let spread = serve.threads > 1;
     let cores = bench.server_cores(serve.threads);
     if spread && bench.pinned {
         pin_self(&bench.all_cores);
     }
-    // Each server is dropped (stopped) at the end of its arm, before the next one starts.
-    let mut xfer_arm = |proto: Proto| match bench.start_xfer(serve.file, serve.threads, cores) {
-        Ok(mut s) => {
-            s.name = format!("{} ({})", s.name, if proto == Proto::Xfer { "native" } else { "HTTP" });
-            Some(how(&s, &s.target(proto, serve.file, serve.size)))
+    let mut out = Vec::with_capacity(list.len());
+    for (i, arm) in list.iter().enumerate() {
+        if i > 0 {
+            // Let the kernel tear down the last server's connections (thousands, in the
+            // stall and crowd phases) before the next one is measured.
+            std::thread::sleep(Duration::from_millis(500));
         }
-        Err(e) => {
-            println!("  xfer: FAILED TO START: {e}");
-            if !spread {
-                res.fatal(e);
-            }
-            None
-        }
-    };
-    // Between arms, let the kernel tear down the last server's connections (thousands, in
-    // the stall and crowd phases) before the next one is measured.
-    let pause = || std::thread::sleep(Duration::from_millis(500));
-    let xfer = xfer_arm(serve.proto);
-    pause();
-    let native = serve.native.then(|| xfer_arm(Proto::Xfer)).flatten();
-    if serve.native {
-        pause();
+        // Each server is dropped (stopped) at the end of its arm, before the next one starts.
+        out.push(match *arm {
+            Arm::Xfer { proto, token } => match bench.start_xfer_with(serve.file, serve.threads, cores, 0, token) {
+                Ok(mut s) => {
+                    let how_asked = match proto {
+                        Proto::Xfer => "native",
+                        Proto::XferV2 => "native v2",
+                        Proto::Http10 | Proto::Http11 => "HTTP",
+                    };
+                    let with = if token { ", token" } else { "" };
+                    s.name = format!("{} ({how_asked}{with})", s.name);
+                    Some(how(&s, &s.target(proto, serve.file, serve.size)))
+                }
+                Err(e) => {
+                    println!("  xfer: FAILED TO START: {e}");
+                    if !spread {
+                        res.fatal(e);
+                    }
+                    None
+                }
+            },
+            Arm::Peer(proto) => match bench.start_nginx(serve.threads, cores) {
+                Ok(s) => Some(how(&s, &s.target(proto, serve.file, serve.size))),
+                Err(e) => {
+                    println!("  nginx: skipped: {e}");
+                    None
+                }
+            },
+        });
     }
-    let peer = match bench.start_nginx(serve.threads, cores) {
-        Ok(s) => Some(how(&s, &s.target(serve.proto, serve.file, serve.size))),
-        Err(e) => {
-            println!("  nginx: skipped: {e}");
-            None
-        }
-    };
     if spread && bench.pinned {
         pin_self(&[1]);
     }
-    Pair { xfer, peer, native }
+    out
 }
 
 /// A load phase against one server: the outcome and the server's CPU time for it.

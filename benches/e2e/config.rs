@@ -28,7 +28,10 @@ pub struct Cfg {
     pub fan_conc: usize,
     pub fan_size: u64,
     pub big_size: u64,
+    /// Rounds of the fetch and resume phases.
     pub big_reps: usize,
+    /// Rounds of the auth phase's four arms.
+    pub auth_rounds: usize,
     pub stall_clients: usize,
     pub stall_size: u64,
     pub crowd_clients: usize,
@@ -72,6 +75,7 @@ impl Cfg {
             fan_size: 10 * MIB,
             big_size: big_mib * MIB,
             big_reps: if scale >= 0.5 { 3 } else { 1 },
+            auth_rounds: if scale >= 0.5 { 3 } else { 1 },
             stall_clients: ((5000.0 * scale).round() as usize).clamp(500, 5000 * 10).min(fd_room),
             stall_size: 64 * MIB,
             crowd_clients: ((10000.0 * scale).round() as usize).clamp(1000, 10000 * 10).min(fd_room),

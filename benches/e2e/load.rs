@@ -4,8 +4,10 @@
 //! the client then sends its next request on the same connection, up to `per_conn`
 //! requests, and closes it itself. Body
 //! bytes are dropped with `recv(MSG_TRUNC)`, so a client costs the kernel's receive work and
-//! little else (`XFER_BENCH_COPY_READS=1` copies them instead). It also holds clients that
-//! send their request and never read, for the stall phase.
+//! little else (`XFER_BENCH_COPY_READS=1` copies them instead). Against a server with a
+//! token, a native version 2 client first answers the server's challenge (a fresh nonce per
+//! connection, the proof, the server's MAC checked: proto.rs's `NativeAuth`). It also holds
+//! clients that send their request and never read, for the stall phase.
 //!
 //! It knows an address, a protocol's framing (proto.rs) and a byte count, and must never know
 //! which server is behind the address, how servers are started or measured, or what the
@@ -23,20 +25,26 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::proto::Proto;
+use crate::proto::{AuthStep, Credential, NativeAuth, Proto};
 use crate::readings::thread_cpu_us;
 
 /// Where to connect, what to send, and how many body bytes each response must carry.
 pub struct Target {
     pub addr: SocketAddr,
     pub proto: Proto,
+    /// The request every connection sends (HTTP with a token: with its Bearer header).
     pub req: Vec<u8>,
     pub size: u64,
+    /// Native version 2 with a token: each connection proves it by challenge-response
+    /// instead of sending `req`.
+    native_auth: Option<Credential>,
 }
 
 impl Target {
-    pub fn new(addr: SocketAddr, proto: Proto, path: &str, size: u64) -> Target {
-        Target { addr, proto, req: proto.request(path), size }
+    /// `cred`: the token the server requires, if any.
+    pub fn new(addr: SocketAddr, proto: Proto, path: &str, size: u64, cred: Option<&Credential>) -> Target {
+        let native_auth = cred.filter(|_| proto == Proto::XferV2).cloned();
+        Target { addr, proto, req: proto.request(path, cred), size, native_auth }
     }
 }
 
@@ -107,10 +115,12 @@ struct Conn {
     /// Responses completed on this connection, and their body bytes.
     answered: u32,
     answered_bytes: u64,
+    /// The native challenge-response, when the target wants one.
+    auth: Option<Box<NativeAuth>>,
 }
 
 impl Conn {
-    fn new(sock: TcpStream) -> Conn {
+    fn new(sock: TcpStream, t: &Target) -> Conn {
         Conn {
             sock,
             started: Instant::now(),
@@ -121,6 +131,25 @@ impl Conn {
             body: 0,
             answered: 0,
             answered_bytes: 0,
+            auth: t.native_auth.as_ref().map(|c| Box::new(NativeAuth::new(c))),
+        }
+    }
+
+    /// Sends (the rest of) what goes out now: the target's request, or this connection's
+    /// message of the challenge-response.
+    fn send(&mut self, t: &Target) -> Result<bool, String> {
+        let msg = match &self.auth {
+            Some(a) => a.message(),
+            None => &t.req[..],
+        };
+        send_request(&mut self.sock, &mut self.sent, msg)
+    }
+
+    /// Parses the head so far: the target protocol's framing, or the challenge-response's.
+    fn parse_head(&mut self, t: &Target) -> Result<AuthStep, String> {
+        match &mut self.auth {
+            Some(a) => a.parse_head(&self.hdr, t.size),
+            None => t.proto.parse_head(&self.hdr, t.size).map(|h| h.map_or(AuthStep::More, AuthStep::Head)),
         }
     }
 
@@ -128,6 +157,16 @@ impl Conn {
     fn bytes(&self) -> u64 {
         self.answered_bytes + self.body
     }
+}
+
+/// How far reading a response got.
+enum Progress {
+    /// WouldBlock: wait for the next event.
+    Blocked,
+    /// The response is whole.
+    Whole,
+    /// A challenge came and was answered: the proof goes out, then the head is read anew.
+    Answer,
 }
 
 enum Step {
@@ -184,14 +223,15 @@ fn recv_discard(sock: &TcpStream, scratch: &mut [u8], copy: bool) -> io::Result<
 /// `more` is false (the load's window is over); then this client closes first.
 fn drive(c: &mut Conn, t: &Target, o: &LoadOpts, more: bool, scratch: &mut [u8]) -> Step {
     loop {
-        match send_request(&mut c.sock, &mut c.sent, &t.req) {
+        match c.send(t) {
             Ok(true) => {}
             Ok(false) => return Step::Pending,
             Err(e) => return Step::Done(Err(e)),
         }
         match read_response(c, t, scratch, o.copy_reads) {
-            Ok(false) => return Step::Pending,
-            Ok(true) => {}
+            Ok(Progress::Blocked) => return Step::Pending,
+            Ok(Progress::Answer) => continue,
+            Ok(Progress::Whole) => {}
             Err(e) => return Step::Done(Err(e)),
         }
         // The response is whole: its bytes move from the one in progress to the answered
@@ -208,12 +248,12 @@ fn drive(c: &mut Conn, t: &Target, o: &LoadOpts, more: bool, scratch: &mut [u8])
     }
 }
 
-/// Reads (the rest of) one response: `Ok(true)` once it is whole, `Ok(false)` on WouldBlock.
-fn read_response(c: &mut Conn, t: &Target, scratch: &mut [u8], copy: bool) -> Result<bool, String> {
+/// Reads (the rest of) one response, or up to a challenge (whose proof is then ready to go).
+fn read_response(c: &mut Conn, t: &Target, scratch: &mut [u8], copy: bool) -> Result<Progress, String> {
     let at_length = t.proto.keeps_alive();
     loop {
         if at_length && c.hdr_done && c.body == t.size {
-            return Ok(true);
+            return Ok(Progress::Whole);
         }
         let r = if c.hdr_done { recv_discard(&c.sock, scratch, copy) } else { c.sock.read(&mut scratch[..4096]) };
         match r {
@@ -223,7 +263,7 @@ fn read_response(c: &mut Conn, t: &Target, scratch: &mut [u8], copy: bool) -> Re
                 } else if c.body != t.size {
                     Err(format!("short body: {} of {} bytes", c.body, t.size))
                 } else {
-                    Ok(true)
+                    Ok(Progress::Whole)
                 };
             }
             Ok(n) => {
@@ -231,12 +271,17 @@ fn read_response(c: &mut Conn, t: &Target, scratch: &mut [u8], copy: bool) -> Re
                     c.body += n as u64;
                 } else {
                     c.hdr.extend_from_slice(&scratch[..n]);
-                    match t.proto.parse_head(&c.hdr, t.size) {
-                        Ok(None) => {}
-                        Ok(Some(head)) => {
+                    match c.parse_head(t) {
+                        Ok(AuthStep::More) => {}
+                        Ok(AuthStep::Head(head)) => {
                             c.hdr_done = true;
                             c.server_closes = head.closes;
                             c.body = (c.hdr.len() - head.len) as u64;
+                        }
+                        Ok(AuthStep::Proof) => {
+                            c.hdr.clear();
+                            c.sent = 0;
+                            return Ok(Progress::Answer);
                         }
                         Err(e) => return Err(e),
                     }
@@ -245,7 +290,7 @@ fn read_response(c: &mut Conn, t: &Target, scratch: &mut [u8], copy: bool) -> Re
                     return Err(format!("more than {} body bytes", t.size));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Blocked),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("recv after {} body bytes: {}", c.body, e.kind())),
         }
@@ -277,10 +322,10 @@ pub fn run_load(t: &Target, o: &LoadOpts) -> Outcome {
                         .register(&mut sock, Token(entry.key()), Interest::READABLE | Interest::WRITABLE)
                         .expect("register");
                     let key = entry.key();
-                    let c = entry.insert(Conn::new(sock));
+                    let c = entry.insert(Conn::new(sock, t));
                     pending -= 1;
                     // Send now; the answer (and any connect error) arrives as an event.
-                    if let Err(e) = send_request(&mut c.sock, &mut c.sent, &t.req) {
+                    if let Err(e) = c.send(t) {
                         let c = conns.remove(key);
                         out.bad += 1;
                         out.error(e);

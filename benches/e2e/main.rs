@@ -26,6 +26,10 @@
 //!
 //! Phases (each bounded in count and time; traffic only to 127.0.0.1):
 //! - small: 80-byte file, 100 concurrent clients, a new connection per transfer.
+//! - auth: the same file and load against xfer started with `--token-file` and without,
+//!   natively (version 2: with the token, request with a fresh nonce, challenge, proof,
+//!   head with the server's MAC, checked) and over HTTP/1.0 (with `Authorization: Bearer`);
+//!   3 rounds (1 at quick scale) of the four arms.
 //! - keepalive: the same file, 100 concurrent HTTP/1.1 connections of 100 requests each.
 //! - fanout: 10 MiB file, 100 concurrent clients, repeated; 1 reactor vs 1 worker, then
 //!   `--threads 2` vs 2 workers (fanout2: both unpinned over cores 0-1, the load too).
@@ -33,6 +37,11 @@
 //!   `curl -o /dev/null` (against nginx), when those are installed. Outputs on tmpfs
 //!   (/dev/shm) so the VM's disk is not what is measured; on disk (fsync on both sides) too,
 //!   as information.
+//! - resume: 1 GiB `xfer fetch` to tmpfs, fresh, against the same command resuming the
+//!   partial a fetch cut at 90 % left (the cut made by a proxy in the bench, with
+//!   `--retry 0`); wall and CPU time of each, and the floor: re-hashing the 90 % prefix
+//!   (timed in-process) plus 10 % of a fresh fetch. Every output's BLAKE3 is checked, and
+//!   a wrong one aborts the bench.
 //! - stall: 5,000 clients that send the request and never read a 64 MiB file; server RSS
 //!   growth per client once it settles (and the kernel's TCP memory, as information).
 //! - crowd: 10,000 clients of a 1 MiB file started at once; completion-time p50/p99.
@@ -47,7 +56,7 @@
 //! - `XFER_BENCH_SCALE`: `quick` (= 0.1), `full` (= 1, the default) or a number; scales
 //!   durations, the fetch size and the client counts.
 //! - `XFER_BENCH_ONLY`: comma list of phases to run
-//!   (small,keepalive,fanout,fanout2,fetch,stall,crowd).
+//!   (small,auth,keepalive,fanout,fanout2,fetch,resume,stall,crowd).
 //! - `XFER_BENCH_NO_PEERS=1`: do not run nginx/curl/b3sum even when installed.
 //! - `XFER_BENCH_COPY_READS=1`: the load generator copies body bytes instead of MSG_TRUNC.
 //! - `XFER_BENCH_FETCH_DISK=1`: fetch outputs on disk only (no tmpfs).
@@ -66,10 +75,12 @@
 //! files) and `compare.rs` (`side_by_side`: xfer and nginx under the same load, in the same
 //! run). Below those, `load.rs` is the mio load generator and `proto.rs` the request and
 //! response framing it speaks; `peers.rs` starts xfer, nginx, curl and b3sum; `readings.rs`
-//! reads /proc; `report.rs` prints the table.
+//! reads /proc; `report.rs` prints the table; `cut.rs` is the resume phase's proxy that cuts
+//! a connection short.
 
 mod compare;
 mod config;
+mod cut;
 mod load;
 mod peers;
 mod phases;
@@ -85,12 +96,14 @@ use setup::Bench;
 type Phase = fn(&Bench, &mut Results);
 
 /// Every phase, in the order they run; `XFER_BENCH_ONLY` picks some by these names.
-const PHASES: [(&str, Phase); 7] = [
+const PHASES: [(&str, Phase); 9] = [
     ("small", phases::small),
+    ("auth", phases::auth),
     ("keepalive", phases::keepalive),
     ("fanout", phases::fanout),
     ("fanout2", phases::fanout2),
     ("fetch", phases::fetch),
+    ("resume", phases::resume),
     ("stall", phases::stall),
     ("crowd", phases::crowd),
 ];

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::load::Target;
-use crate::proto::Proto;
+use crate::proto::{Credential, Proto};
 use crate::readings::{alive, children_of, cpu_us};
 
 /// The peers found on this machine; each is `None` when missing or `XFER_BENCH_NO_PEERS=1`.
@@ -53,14 +53,17 @@ pub struct Server {
     pub rss_pid: i32,
     stderr: Arc<Mutex<String>>,
     _dir: Option<tempfile::TempDir>,
+    /// The token the server requires (xfer with `--token-file`); its targets carry it.
+    cred: Option<Credential>,
 }
 
 impl Server {
     /// Requests in `proto` for `path` (a name in the served directory, which is also the
-    /// name xfer serves its one file under) whose responses carry `size` body bytes.
+    /// name xfer serves its one file under) whose responses carry `size` body bytes; with
+    /// the server's token when it has one.
     pub fn target(&self, proto: Proto, path: &str, size: u64) -> Target {
-        debug_assert!(self.kind == Kind::Xfer || proto != Proto::Xfer, "nginx speaks only HTTP");
-        Target::new(self.addr, proto, path, size)
+        debug_assert!(self.kind == Kind::Xfer || !proto.native(), "nginx speaks only HTTP");
+        Target::new(self.addr, proto, path, size, self.cred.as_ref())
     }
 
     pub fn cpu_us(&self) -> f64 {
@@ -134,17 +137,29 @@ fn spawn_stderr_sink(child: &mut Child) -> Arc<Mutex<String>> {
     sink
 }
 
-/// `xfer serve FILE --listen 127.0.0.1 --port 0 --quiet ...`, pinned to `cores`.
-pub fn start_xfer(bin: &Path, file: &Path, threads: usize, cores: Option<&[usize]>) -> Result<Server, String> {
+/// `xfer serve FILE --listen 127.0.0.1 --port PORT --quiet ...` (port 0: any free one),
+/// pinned to `cores`; with `--token-file` when `token` names one (and the credential its
+/// first line gives).
+pub fn start_xfer(
+    bin: &Path,
+    file: &Path,
+    threads: usize,
+    cores: Option<&[usize]>,
+    port: u16,
+    token: Option<(&Path, &Credential)>,
+) -> Result<Server, String> {
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg(file)
-        .args(["--listen", "127.0.0.1", "--port", "0", "--quiet"])
+        .args(["--listen", "127.0.0.1", "--port", &port.to_string(), "--quiet"])
         // Every bench client comes from 127.0.0.1; the default of 64 per address would
         // refuse most of them.
         .args(["--max-per-ip", "1000000"]);
     if threads > 1 {
         cmd.args(["--threads", &threads.to_string()]);
+    }
+    if let Some((path, _)) = token {
+        cmd.arg("--token-file").arg(path);
     }
     die_with_parent(&mut cmd);
     if let Some(c) = cores {
@@ -188,9 +203,13 @@ pub fn start_xfer(bin: &Path, file: &Path, threads: usize, cores: Option<&[usize
         rss_pid: pid,
         stderr,
         _dir: None,
+        cred: token.map(|(_, c)| c.clone()),
     };
     // An answered request proves the server is serving, so no phase measures its start-up.
-    probe(&s, &s.target(Proto::Xfer, "", std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)))?;
+    // With a token the probe asks over HTTP, with the token as a Bearer header.
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    probe(&s, &s.target(if token.is_some() { Proto::Http10 } else { Proto::Xfer }, &name, size))?;
     if !s.is_alive() {
         return Err(format!("xfer serve exited; stderr: {}", s.stderr_tail()));
     }
@@ -262,6 +281,7 @@ pub fn start_nginx(
         rss_pid,
         stderr,
         _dir: Some(dir),
+        cred: None,
     };
     if !ok {
         return Err("nginx did not start listening within 10 s".into());
@@ -295,8 +315,22 @@ pub fn probe(s: &Server, t: &Target) -> Result<(), String> {
 // Timed client commands (the fetch phase)
 // ---------------------------------------------------------------------------------------
 
-/// Runs a command to completion (≤ `limit`), returns its wall time, or an error with stderr.
-pub fn time_cmd(cmd: &mut Command, limit: Duration) -> Result<(Duration, String), String> {
+/// What a command that ran to its end did.
+pub struct Ran {
+    pub wall: Duration,
+    /// CPU time of the command and all its threads (user + system), from wait4's rusage.
+    pub cpu_us: f64,
+    /// The exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The command line and how it ended, for messages.
+    pub desc: String,
+}
+
+/// Runs a command to completion (≤ `limit`, else it is killed and this is an error); its
+/// wall time, CPU time and exit code, whatever the code.
+pub fn run_cmd(cmd: &mut Command, limit: Duration) -> Result<Ran, String> {
     let desc = format!("{cmd:?}");
     cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     let t0 = Instant::now();
@@ -315,28 +349,58 @@ pub fn time_cmd(cmd: &mut Command, limit: Duration) -> Result<(Duration, String)
         }
         s
     });
+    let pid = child.id() as i32;
     // Polled rather than waited for, so that a command past `limit` can be killed; 0.5 ms
-    // is well under the resolution the fetch figures are printed at.
+    // is well under the resolution the fetch figures are printed at. wait4 reaps it and
+    // says what CPU it used (std's Child is then never waited for again).
     loop {
-        match child.try_wait() {
-            Ok(Some(st)) => {
-                let took = t0.elapsed();
-                let err = errs.join().unwrap_or_default();
-                let out = outs.join().unwrap_or_default();
-                if !st.success() {
-                    return Err(format!("{desc} failed ({st}): {}", err.trim()));
-                }
-                return Ok((took, out));
-            }
-            Ok(None) if t0.elapsed() > limit => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{desc} took over {} s", limit.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_micros(500)),
-            Err(e) => return Err(format!("wait {desc}: {e}")),
+        let mut status: libc::c_int = 0;
+        // SAFETY: rusage is a struct of integers, for which all zeroes is a valid value.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `status` and `ru` are ours to fill and outlive the call; `pid` is our own
+        // child, not yet reaped.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            let wall = t0.elapsed();
+            let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+            let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            let how = match code {
+                Some(c) => format!("exit status: {c}"),
+                None => format!("signal {}", libc::WTERMSIG(status)),
+            };
+            return Ok(Ran {
+                wall,
+                cpu_us: tv(ru.ru_utime) + tv(ru.ru_stime),
+                code,
+                stdout: outs.join().unwrap_or_default(),
+                stderr: errs.join().unwrap_or_default(),
+                desc: format!("{desc} ({how})"),
+            });
         }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("wait {desc}: {e}"));
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{desc} took over {} s", limit.as_secs()));
+        }
+        std::thread::sleep(Duration::from_micros(500));
     }
+}
+
+/// Runs a command to completion (≤ `limit`), returns its wall time and stdout, or an error
+/// with stderr when it failed.
+pub fn time_cmd(cmd: &mut Command, limit: Duration) -> Result<(Duration, String), String> {
+    let r = run_cmd(cmd, limit)?;
+    if r.code != Some(0) {
+        return Err(format!("{} failed: {}", r.desc, r.stderr.trim()));
+    }
+    Ok((r.wall, r.stdout))
 }
 
 /// Writes back dirty pages before a timed command, so that it does not pay for the last one's.
@@ -377,6 +441,15 @@ pub fn xfer_fetch(
         }
     }
     r
+}
+
+/// `xfer fetch ADDR OUT --retry 0`, run to its end whatever its exit code: a fetch that is
+/// cut keeps its partial and exits 3 at once, and the same command run again resumes it. No
+/// `--quiet`: the summary line on stderr says where a fetch resumed.
+pub fn xfer_fetch_once(bin: &Path, addr: &str, out: &Path, limit: Duration) -> Result<Ran, String> {
+    let mut c = Command::new(bin);
+    c.arg("fetch").arg(addr).arg(out).args(["--retry", "0"]).stdout(Stdio::null());
+    run_cmd(&mut c, limit)
 }
 
 /// `curl -o OUT URL` then `b3sum OUT` (checked against `digest`), then fsync(OUT) when asked.

@@ -42,6 +42,29 @@ pub fn na(why: &str) -> String {
     format!("n/a ({why})")
 }
 
+/// The middle value (the upper one of an even count); NaN when nothing was timed.
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// A figure taken several times: its median, and its range when there is more than one,
+/// e.g. "0.352 s (0.340–0.371)"; `fmt` formats one value without its unit, `unit` follows.
+pub fn spread(v: &[f64], fmt: impl Fn(f64) -> String, unit: &str) -> String {
+    let mut v = v.to_vec();
+    let m = median(&mut v);
+    if v.is_empty() {
+        return na("failed or skipped");
+    }
+    if v.len() == 1 {
+        return format!("{}{unit}", fmt(m));
+    }
+    format!("{}{unit} ({}–{})", fmt(m), fmt(v[0]), fmt(v[v.len() - 1]))
+}
+
 pub fn fmt_bytes(b: f64) -> String {
     if b.abs() >= 1e6 {
         format!("{:.2} MB", b / 1e6)

@@ -1,19 +1,23 @@
 //! What every phase shares, set up once before the first: the configuration, the xfer binary
-//! and the peers found, the open-file limit, which cores servers and load run on, and the
-//! data files (incompressible bytes in a temp directory that nginx serves as its root). It
-//! prints the banner that says all of that.
+//! and the peers found, the open-file limit, which cores servers and load run on, the
+//! data files (incompressible bytes in a temp directory that nginx serves as its root), and
+//! a token file for the servers that require one. It prints the banner that says all of
+//! that. Beside those, what phases that write files share: a tmpfs directory for outputs,
+//! and the BLAKE3 of a file, to check an output against.
 //!
 //! It must never measure or judge anything: the phases do, through compare.rs. After
 //! `Bench::start` returns it is read-only; the results go to report::Results.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::config::Cfg;
+use crate::config::{Cfg, MIB};
 use crate::peers::{self, Server, Tools, first_line, pin_self};
+use crate::proto::Credential;
 use crate::readings::nproc;
 
 /// The data files, by name in the data directory (nginx is asked for `/NAME`).
@@ -24,6 +28,8 @@ pub const FAN_FILE: &str = "fan.bin";
 pub const BIG_FILE: &str = "big.bin";
 pub const STALL_FILE: &str = "stall.bin";
 pub const CROWD_FILE: &str = "crowd.bin";
+/// The token file of servers started with one (mode 600, a fresh random token per run).
+const TOKEN_FILE: &str = "token";
 
 pub struct Bench {
     pub cfg: Cfg,
@@ -38,6 +44,8 @@ pub struct Bench {
     data: tempfile::TempDir,
     /// Where fetches write on disk (tmpfs outputs go elsewhere).
     pub out_dir: PathBuf,
+    /// The token in the token file, as clients prove it.
+    token: Credential,
 }
 
 impl Bench {
@@ -66,15 +74,16 @@ impl Bench {
         let t_gen = Instant::now();
         make_file(&dd.join(SMALL_FILE), SMALL_SIZE, 1);
         make_file(&dd.join(FAN_FILE), cfg.fan_size, 2);
-        if cfg.runs("fetch") {
+        if cfg.runs("fetch") || cfg.runs("resume") {
             make_file(&dd.join(BIG_FILE), cfg.big_size, 3);
         }
         make_file(&dd.join(STALL_FILE), cfg.stall_size, 4);
         make_file(&dd.join(CROWD_FILE), cfg.crowd_size, 5);
+        let token = make_token(&dd.join(TOKEN_FILE));
         println!("data: {} ({:.1} s to write)", dd.display(), t_gen.elapsed().as_secs_f64());
         println!();
 
-        Bench { cfg, bin, tools, nofile, pinned, all_cores, server_cores, data, out_dir }
+        Bench { cfg, bin, tools, nofile, pinned, all_cores, server_cores, data, out_dir, token }
     }
 
     /// The path of a data file.
@@ -88,9 +97,24 @@ impl Bench {
         if threads > 1 { self.cfg.pin.then_some(&self.all_cores[..]) } else { self.server_cores.as_deref() }
     }
 
-    /// `xfer serve` of the data file `name`.
+    /// `xfer serve` of the data file `name`, on any free port, without a token.
     pub fn start_xfer(&self, name: &str, threads: usize, cores: Option<&[usize]>) -> Result<Server, String> {
-        peers::start_xfer(&self.bin, &self.file(name), threads, cores)
+        self.start_xfer_with(name, threads, cores, 0, false)
+    }
+
+    /// `xfer serve` of the data file `name` on `port` (0: any free one), with
+    /// `--token-file` when `token`; the server's targets then carry the token.
+    pub fn start_xfer_with(
+        &self,
+        name: &str,
+        threads: usize,
+        cores: Option<&[usize]>,
+        port: u16,
+        token: bool,
+    ) -> Result<Server, String> {
+        let token_file = self.file(TOKEN_FILE);
+        let token = token.then_some((token_file.as_path(), &self.token));
+        peers::start_xfer(&self.bin, &self.file(name), threads, cores, port, token)
     }
 
     /// nginx serving the data directory, or why not.
@@ -191,6 +215,53 @@ fn raise_nofile() -> u64 {
         }
         rl.rlim_cur
     }
+}
+
+/// A fresh random 256-bit token, as hex on the file's first line, mode 600 (xfer warns
+/// about a token file others can read).
+fn make_token(path: &Path) -> Credential {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).expect("getrandom");
+    let text: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(path, format!("{text}\n")).expect("write token file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600 token file");
+    Credential::new(&text)
+}
+
+/// A temporary directory on tmpfs (/dev/shm) with room for two copies of `size`, if any
+/// (none with `XFER_BENCH_FETCH_DISK=1`).
+pub fn mem_dir(size: u64) -> Option<tempfile::TempDir> {
+    if std::env::var("XFER_BENCH_FETCH_DISK").is_ok_and(|v| v == "1") {
+        return None;
+    }
+    let shm = Path::new("/dev/shm");
+    // SAFETY: statvfs is a struct of integers, for which all zeroes is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new("/dev/shm").unwrap();
+    // SAFETY: `c` is NUL-terminated and `st` is ours to fill; statvfs keeps neither.
+    if !shm.is_dir() || unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    if free < 2 * size + 256 * MIB {
+        return None;
+    }
+    tempfile::Builder::new().prefix("xfer-bench-").tempdir_in(shm).ok()
+}
+
+/// The BLAKE3 of a file, as `b3sum` prints it (computed in-process).
+pub fn blake3_file(path: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().to_hex().to_string()
 }
 
 /// Deterministic incompressible bytes (xorshift64*), so no layer can shrink the transfer.

@@ -7,16 +7,13 @@
 //! and each round times every command in turn, so that a round's noise lands on both sides.
 //! It owns the rounds, the medians and the rows; the commands are peers.rs's.
 
-use std::fs::File;
-use std::io::Read;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::MIB;
 use crate::peers::{curl_b3sum, curl_null, xfer_fetch};
 use crate::readings::{NOISY_PCT, wait_quiet, with_foreign};
-use crate::report::{Results, info_row, na, row};
-use crate::setup::{BIG_FILE, Bench};
+use crate::report::{Results, info_row, median, na, row};
+use crate::setup::{BIG_FILE, Bench, blake3_file, mem_dir};
 
 /// Medians' inputs of the fetch phase, in seconds.
 #[derive(Default)]
@@ -157,49 +154,4 @@ pub fn fetch(bench: &Bench, res: &mut Results) {
     let _ = std::fs::remove_file(&disk_out);
     let _ = std::fs::remove_file(&main_out);
     println!();
-}
-
-/// A temporary directory on tmpfs (/dev/shm) with room for two copies of `size`, if any
-/// (none with `XFER_BENCH_FETCH_DISK=1`).
-fn mem_dir(size: u64) -> Option<tempfile::TempDir> {
-    if std::env::var("XFER_BENCH_FETCH_DISK").is_ok_and(|v| v == "1") {
-        return None;
-    }
-    let shm = Path::new("/dev/shm");
-    // SAFETY: statvfs is a struct of integers, for which all zeroes is a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let c = std::ffi::CString::new("/dev/shm").unwrap();
-    // SAFETY: `c` is NUL-terminated and `st` is ours to fill; statvfs keeps neither.
-    if !shm.is_dir() || unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let free = st.f_bavail as u64 * st.f_frsize as u64;
-    if free < 2 * size + 256 * MIB {
-        return None;
-    }
-    tempfile::Builder::new().prefix("xfer-bench-").tempdir_in(shm).ok()
-}
-
-/// The digest `b3sum` must print, computed here (in-process, so its time is not compared).
-fn blake3_file(path: &Path) -> String {
-    let mut h = blake3::Hasher::new();
-    let mut f = File::open(path).expect("open data file");
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).expect("read data file");
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    h.finalize().to_hex().to_string()
-}
-
-/// The middle value (the upper one of an even count); NaN when nothing was timed.
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
