@@ -135,6 +135,8 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<Request<'_>>, Error> {
     // headers that disagree (both kinds, or two lengths) are how requests are smuggled
     // past a proxy, and are malformed whatever they say; a plain body is only unwanted.
     let (mut chunked, mut body, mut bad_length) = (false, false, false);
+    // `close` wins wherever it appears, even before a later `keep-alive`.
+    let mut close = false;
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).ok().map(str::trim);
         let name = h.name;
@@ -153,7 +155,7 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<Request<'_>>, Error> {
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.unwrap_or("").split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
-                    out.keep_alive = false;
+                    close = true;
                 } else if token.eq_ignore_ascii_case("keep-alive") && version == Version::Http10 {
                     out.keep_alive = true;
                 }
@@ -184,6 +186,7 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<Request<'_>>, Error> {
     if ranges > 1 {
         out.range = None;
     }
+    out.keep_alive &= !close;
     Ok(Decoded::Done(out, n))
 }
 
@@ -405,7 +408,7 @@ pub fn checksum_line(hex: &str, name: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b"  ");
     for &b in name {
         match b {
-            b'\\' if escape => out.extend_from_slice(b"\\\\"),
+            b'\\' => out.extend_from_slice(b"\\\\"),
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b => out.push(b),
@@ -445,12 +448,9 @@ impl<'a> Out<'a> {
         Out { buf, len: 0 }
     }
 
-    pub fn len(&self) -> usize {
+    /// How many bytes have been written.
+    pub fn written(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     pub fn bytes(&mut self, b: &[u8]) -> fmt::Result {
@@ -797,9 +797,6 @@ impl Chunked {
                         }
                         _ => return Err(ChunkError),
                     };
-                    if let Chunked::Size { digits: 0, in_ext: true, .. } = self {
-                        return Err(ChunkError);
-                    }
                 }
                 Chunked::SizeLf { size, digits } => {
                     if buf[r] != b'\n' {
@@ -913,6 +910,47 @@ mod tests {
         assert_eq!(parse(many.as_bytes()), Err(Error::HeadTooLarge));
     }
 
+    /// Each limit is exact: a head at the limit is served, one byte more is refused, and an
+    /// unfinished head is refused as soon as it can no longer fit.
+    #[test]
+    fn limits_hold_at_their_exact_bounds() {
+        // A request line of MAX_LINE bytes plus its '\n' is still a request line.
+        let pad = |total: usize, fixed: usize| "a".repeat(total - fixed);
+        let line = format!("GET /{} HTTP/1.1\r\n", pad(MAX_LINE, "GET / HTTP/1.1\r".len()));
+        assert_eq!(line.len(), MAX_LINE + 1);
+        let fits = format!("{line}Host: x\r\n\r\n");
+        assert_eq!(done(fits.as_bytes()).1, fits.len());
+        let unfinished = &line.as_bytes()[..MAX_LINE];
+        assert_eq!(parse(unfinished), Ok(Decoded::NeedMore(1)), "MAX_LINE bytes may still end in '\\n'");
+        let longer = format!("GET /a{} HTTP/1.1\r\n", pad(MAX_LINE, "GET / HTTP/1.1\r".len()));
+        assert_eq!(parse(longer.as_bytes()), Err(Error::LineTooLong));
+
+        // A complete head of exactly MAX_HEAD bytes is served; one more byte is not.
+        let head = |len: usize| {
+            let fixed = "GET / HTTP/1.1\r\nHost: x\r\nX: \r\n\r\n".len();
+            format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "b".repeat(len - fixed))
+        };
+        let exact = head(MAX_HEAD);
+        assert_eq!(done(exact.as_bytes()).1, MAX_HEAD);
+        assert_eq!(parse(head(MAX_HEAD + 1).as_bytes()), Err(Error::HeadTooLarge));
+        // Unfinished: MAX_HEAD - 1 bytes may still end in time; MAX_HEAD bytes cannot.
+        assert_eq!(parse(&exact.as_bytes()[..MAX_HEAD - 1]), Ok(Decoded::NeedMore(1)));
+        let endless = head(MAX_HEAD + 10);
+        assert_eq!(parse(&endless.as_bytes()[..MAX_HEAD]), Err(Error::HeadTooLarge));
+    }
+
+    /// `Connection: close` wins over anything else; keep-alive opts in on HTTP/1.0 only, and
+    /// other tokens change nothing.
+    #[test]
+    fn connection_tokens() {
+        let keep = |req: &str| done(req.as_bytes()).0.keep_alive;
+        assert!(!keep("GET / HTTP/1.1\r\nHost: x\r\nConnection: close, keep-alive\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.0\r\nConnection: TE\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.1\r\nHost: x\r\nConnection: TE\r\n\r\n"));
+    }
+
     #[test]
     fn paths() {
         assert_eq!(path_bytes("/my%20file.txt?x=1").as_deref(), Some(&b"/my file.txt"[..]));
@@ -947,6 +985,11 @@ mod tests {
         assert_eq!(r("bytes=-"), Ranged::Full);
         assert_eq!(r("bytes= 1 - 2 "), Ranged::Part(1, 3));
         assert_eq!(r("bytes=+1-2"), Ranged::Full);
+        // Numbers are read up to 39 digits (all a u128 holds), leading zeros included;
+        // a longer one is ignored even when its value is small.
+        assert_eq!(r(&format!("bytes={}5-", "0".repeat(38))), Ranged::Part(5, 1000));
+        assert_eq!(r(&format!("bytes={}5-", "0".repeat(39))), Ranged::Full);
+        assert_eq!(r(&format!("bytes=0-{}5", "0".repeat(39))), Ranged::Full);
         assert_eq!(parse_range("bytes=0-", 0), Ranged::Unsatisfiable);
         assert_eq!(parse_range("bytes=-1", 0), Ranged::Unsatisfiable);
         let big = 5u64 << 32;
@@ -992,7 +1035,7 @@ mod tests {
         let mut out = Out::new(&mut buf);
         assert!(out.write_str("abcd").is_ok());
         assert!(out.write_str("e").is_err());
-        assert_eq!(out.len(), 4);
+        assert_eq!(out.written(), 4);
     }
 
     #[test]
@@ -1023,10 +1066,84 @@ mod tests {
             Some("été".as_bytes().to_vec())
         );
         assert_eq!(disposition_filename("attachment"), None);
+        // A quoted value ends at its closing quote, whatever it holds; the next one is read.
+        assert_eq!(
+            disposition_filename("attachment; filename=\"a;\"; filename*=UTF-8''b.txt"),
+            Some(b"b.txt".to_vec())
+        );
+        assert_eq!(disposition_filename("attachment; filename=\"\"; filename*=UTF-8''c"), Some(b"c".to_vec()));
+        assert_eq!(disposition_filename("attachment; filename=\"\""), Some(Vec::new()));
+        assert_eq!(base64_decode("+/8="), Some(vec![0xfb, 0xff]));
+        assert_eq!(base64_decode("/w"), Some(vec![0xff]));
         assert_eq!(base64_decode("Zm9vYmFy"), Some(b"foobar".to_vec()));
         assert_eq!(base64_decode("Zm8="), Some(b"fo".to_vec()));
         assert_eq!(base64_decode("Z"), None);
         assert_eq!(retry_after("7", SystemTime::now()), Some(std::time::Duration::from_secs(7)));
+    }
+
+    /// What fetch acts on in a response head, field by field, at the edges.
+    #[test]
+    fn response_fields_at_their_edges() {
+        let head = |extra: &str| {
+            let raw = format!("HTTP/1.1 404 Not Here\r\nContent-Length: 0\r\n{extra}\r\n");
+            match parse_response(raw.as_bytes()) {
+                Ok(Decoded::Done(h, n)) if n == raw.len() => h,
+                other => panic!("{other:?} for {raw:?}"),
+            }
+        };
+        let h = head("");
+        assert_eq!((h.status, h.reason.as_str(), h.sha256, h.encoding), (404, "Not Here", None, None));
+        // Content-Range: a one-byte range is a range; an inverted one is none.
+        assert_eq!(head("Content-Range: bytes 5-5/10\r\n").content_range, Some((5, 5, Some(10))));
+        assert_eq!(head("Content-Range: bytes 0-9/*\r\n").content_range, Some((0, 9, None)));
+        assert_eq!(head("Content-Range: bytes 6-5/10\r\n").content_range, None);
+        // Content-Encoding: identity (or nothing) is no encoding at all.
+        assert_eq!(head("Content-Encoding: identity\r\n").encoding, None);
+        assert_eq!(head("Content-Encoding: IDENTITY\r\n").encoding, None);
+        assert_eq!(head("Content-Encoding:\r\n").encoding, None);
+        assert_eq!(head("Content-Encoding: gzip\r\n").encoding.as_deref(), Some("gzip"));
+        // Digest (RFC 3230): SHA-256 found among others; anything else is no digest.
+        let sha = "qUiQTy8PR5uPgZdpSzAYSw0u0cHNKh7A+4XSmaGSpEc=";
+        let h = head(&format!("Digest: MD5=AAAA, sha-256={sha}\r\n"));
+        assert_eq!(h.sha256.map(|d| base64(&d)).as_deref(), Some(sha));
+        assert_eq!(head("Digest: MD5=AAAA\r\n").sha256, None);
+        assert_eq!(head("Digest: SHA-256=AAAA\r\n").sha256, None, "not 32 bytes");
+        // Repr-Digest wins over the older Digest when both are given.
+        let other = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        let h = head(&format!("Digest: SHA-256={other}\r\nRepr-Digest: sha-256=:{sha}:\r\n"));
+        assert_eq!(h.sha256.map(|d| base64(&d)).as_deref(), Some(sha));
+        // A large head (long cookies, long redirects) is accepted up to 64 KiB; an
+        // unfinished one is refused once it cannot end in time.
+        let big = head(&format!("Location: /{}\r\n", "l".repeat(60_000)));
+        assert_eq!(big.location.map(|l| l.len()), Some(60_001));
+        let endless = format!("HTTP/1.1 200 OK\r\nX: {}", "x".repeat(MAX_RESPONSE_HEAD));
+        assert_eq!(parse_response(&endless.as_bytes()[..MAX_RESPONSE_HEAD - 1]), Ok(Decoded::NeedMore(1)));
+        assert_eq!(parse_response(&endless.as_bytes()[..MAX_RESPONSE_HEAD]), Err(ResponseError::TooLarge));
+    }
+
+    /// The reason phrases are the ones RFC 9110 gives for each status xfer sends.
+    #[test]
+    fn reason_phrases() {
+        for (code, phrase) in [
+            (200, "OK"),
+            (206, "Partial Content"),
+            (304, "Not Modified"),
+            (400, "Bad Request"),
+            (401, "Unauthorized"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (410, "Gone"),
+            (413, "Content Too Large"),
+            (414, "URI Too Long"),
+            (416, "Range Not Satisfiable"),
+            (431, "Request Header Fields Too Large"),
+            (503, "Service Unavailable"),
+            (505, "HTTP Version Not Supported"),
+            (299, "Unknown"),
+        ] {
+            assert_eq!(reason(code), phrase);
+        }
     }
 
     #[test]
@@ -1046,6 +1163,16 @@ mod tests {
         }
         assert_eq!(out, b"Wikipedia");
         assert!(d.is_done());
+        // Not done until the last chunk and the trailer's empty line are in.
+        let mut d = Chunked::default();
+        for part in [&b"4\r\nWi"[..], b"ki\r\n", b"0\r\n", b"X: 1\r\n"] {
+            d.decode(&mut part.to_vec()).unwrap();
+            assert!(!d.is_done(), "after {:?}", String::from_utf8_lossy(part));
+        }
+        d.decode(&mut b"\r\n".to_vec()).unwrap();
+        assert!(d.is_done());
+        // An extension with no size before it is refused at its first byte.
+        assert_eq!(Chunked::default().decode(&mut b";".to_vec()), Err(ChunkError));
         for bad in [&b"x\r\n"[..], b"\r\n", b"4\r\nWikiX", b"11111111111111111\r\n", b";\r\n"] {
             let mut v = bad.to_vec();
             assert_eq!(Chunked::default().decode(&mut v), Err(ChunkError), "{:?}", String::from_utf8_lossy(bad));

@@ -580,6 +580,10 @@ mod tests {
         // Names are cut to what one length byte can say.
         let long = vec![b'x'; 300];
         assert_eq!(encode_ok_in(VERSION, 1, &digest, &long, None, &mut buf), HEADER_LEN + MAX_NAME);
+        // The longest head of all, a full name and a MAC, is what MAX_RESPONSE_HEAD allows:
+        // the bound is exact, so a reader's buffer of that size is never short.
+        assert_eq!(encode_ok_in(VERSION, 1, &digest, &long, Some(&[7; 32]), &mut buf), MAX_RESPONSE_HEAD);
+        assert!(matches!(decode_response(&buf), Ok(Decoded::Done(Response::Ok { .. }, MAX_RESPONSE_HEAD))));
         let n = encode_refusal_in(VERSION, Status::Busy, "busy", Some(1500), &mut buf);
         assert_eq!(
             decode_response(&buf[..n]),

@@ -457,6 +457,55 @@ mod tests {
         assert_eq!(format!("{:?}", Token::new(b"secret")), "Token(<redacted>)");
     }
 
+    /// Every refusal tells the client why, in words of its own, with the status its protocol
+    /// needs and a retry hint only where retrying can help.
+    #[test]
+    fn each_refusal_has_its_own_reason_status_and_hint() {
+        use Refusal::*;
+        let all = [
+            Forbidden,
+            BadToken,
+            TokenNeedsV2,
+            LinkForged,
+            LinkExpired,
+            Busy,
+            BusyFromYou,
+            Changing,
+            Paused,
+            BadRequest,
+            UnsupportedVersion,
+            BadOffset,
+        ];
+        let reasons: std::collections::HashSet<&str> = all.iter().map(|r| r.reason()).collect();
+        assert_eq!(reasons.len(), all.len(), "two refusals read the same");
+        for r in all {
+            assert!(r.reason().len() >= 10 && r.reason().is_ascii(), "{r:?}: {:?}", r.reason());
+            assert_eq!(r.retry_after().is_some(), matches!(r, Busy | BusyFromYou | Changing | Paused), "{r:?}");
+        }
+        assert!(Forbidden.reason().contains("not allowed"));
+        assert!(BadToken.reason().contains("token"));
+        assert!(BadOffset.reason().contains("past the end"));
+        assert!(UnsupportedVersion.reason().contains("version"));
+        assert!(Paused.retry_after() > Busy.retry_after(), "a paused server needs longer than a busy one");
+        let statuses = [
+            (Forbidden, Status::Forbidden),
+            (BadToken, Status::BadToken),
+            (TokenNeedsV2, Status::BadToken),
+            (LinkForged, Status::BadToken),
+            (LinkExpired, Status::BadToken),
+            (Busy, Status::Busy),
+            (BusyFromYou, Status::Busy),
+            (Changing, Status::Unavailable),
+            (Paused, Status::Unavailable),
+            (BadRequest, Status::BadRequest),
+            (UnsupportedVersion, Status::UnsupportedVersion),
+            (BadOffset, Status::BadOffset),
+        ];
+        for (r, s) in statuses {
+            assert_eq!(r.status(), s, "{r:?}");
+        }
+    }
+
     #[test]
     fn failed_attempts_are_throttled_per_address() {
         let mut a = Admission::new(policy(), Arc::default());

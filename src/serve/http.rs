@@ -496,12 +496,12 @@ pub fn render(head: &Head, snap: &Snapshot, cfg: &Config, out: &mut [u8]) -> usi
     let mut body_buf = [0u8; GENERATED_MAX];
     let mut body = Out::new(&mut body_buf);
     let body_len = match write_body(&mut body, head, snap, cfg) {
-        Ok(()) => body.len(),
+        Ok(()) => body.written(),
         Err(_) => {
             // Only a page for a pathological file name can overflow: say less.
             let mut short = Out::new(&mut body_buf);
             let _ = writeln!(short, "{} bytes", snap.size());
-            short.len()
+            short.written()
         }
     };
     let mut o = Out::new(out);
@@ -514,7 +514,7 @@ pub fn render(head: &Head, snap: &Snapshot, cfg: &Config, out: &mut [u8]) -> usi
         debug_assert!(false, "an HTTP reply overflowed its buffer");
         return 0;
     }
-    o.len()
+    o.written()
 }
 
 fn write_head(o: &mut Out<'_>, h: &Head, snap: &Snapshot, cfg: &Config, body_len: u64) -> std::fmt::Result {
@@ -743,7 +743,7 @@ mod tests {
             let mut big = vec![0u8; 1 << 16];
             let mut o = Out::new(&mut big);
             write_body(&mut o, &head, &snap, &cfg).unwrap();
-            worst = worst.max(o.len());
+            worst = worst.max(o.written());
             // Rendered for real: the whole page, not the short fallback.
             let mut out = [0u8; crate::serve::send::HEAD_MAX];
             let n = render(&head, &snap, &cfg, &mut out);
