@@ -1171,6 +1171,11 @@ mod tests {
         }
         d.decode(&mut b"\r\n".to_vec()).unwrap();
         assert!(d.is_done());
+        // A bare LF ends a size line too (RFC 9112 §2.2 lets a recipient accept it).
+        let mut lf = b"4\nWiki\r\n0\n\r\n".to_vec();
+        let mut d = Chunked::default();
+        assert_eq!(d.decode(&mut lf), Ok(4));
+        assert!(d.is_done() && lf.starts_with(b"Wiki"));
         // An extension with no size before it is refused at its first byte.
         assert_eq!(Chunked::default().decode(&mut b";".to_vec()), Err(ChunkError));
         for bad in [&b"x\r\n"[..], b"\r\n", b"4\r\nWikiX", b"11111111111111111\r\n", b";\r\n"] {

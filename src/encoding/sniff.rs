@@ -50,6 +50,7 @@ mod tests {
         assert_eq!(sniff(&[0x16, 3, 1]), Some(Protocol::Unknown), "TLS");
         assert_eq!(sniff(b"AAAAAAAAAAAAAAAAA"), Some(Protocol::Unknown), "no method is that long");
         assert_eq!(sniff(b"AAAAAAAAAAAAAAAA"), None);
+        assert_eq!(sniff(b"AAAAAAAAAAAAAAAA "), Some(Protocol::Http), "a method of MAX_METHOD letters is one");
     }
 
     proptest! {

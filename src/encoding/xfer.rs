@@ -346,14 +346,8 @@ pub fn encode_refusal_in(
     out: &mut [u8],
 ) -> usize {
     debug_assert!(status != Status::Ok, "a refusal needs a non-zero status");
-    let mut reason = if reason.is_empty() { "refused" } else { reason };
-    if reason.len() > MAX_REASON {
-        let mut cut = MAX_REASON;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason = &reason[..cut];
-    }
+    let reason = if reason.is_empty() { "refused" } else { reason };
+    let reason = &reason[..reason.floor_char_boundary(MAX_REASON)];
     out[..HEADER_LEN].fill(0);
     out[0..4].copy_from_slice(&RESPONSE_MAGIC);
     out[4] = version;
@@ -535,6 +529,11 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        // 255 bytes fit whole; 256 lose the last one.
+        for (len, kept) in [(255, 255), (256, 255)] {
+            let n = encode_refusal(Status::Busy, &"r".repeat(len), &mut buf);
+            assert_eq!((n, usize::from(buf[6])), (HEADER_LEN + kept, kept), "{len}");
+        }
         let n = encode_refusal(Status::Other(200), "", &mut buf);
         assert!(matches!(
             decode_response(&buf[..n]),
@@ -609,7 +608,7 @@ mod tests {
         let w = encode_proof(&p);
         assert_eq!(decode_proof(&w), Ok(Decoded::Done(p, PROOF_LEN)));
         for n in 0..PROOF_LEN {
-            assert!(matches!(decode_proof(&w[..n]), Ok(Decoded::NeedMore(_))));
+            assert_eq!(decode_proof(&w[..n]), Ok(Decoded::NeedMore(PROOF_LEN - n)), "prefix {n}");
         }
         let mut bad = w;
         bad[6] = 1;
