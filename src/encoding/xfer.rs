@@ -563,11 +563,15 @@ mod tests {
     fn version_2_names_the_file_and_hints_at_retries() {
         let digest = *blake3::hash(b"abc").as_bytes();
         let mut buf = [0u8; MAX_RESPONSE_HEAD];
+        let n = encode_ok_in(VERSION, 77, &digest, b"report.pdf", Some(&[3; 32]), &mut buf);
+        assert_eq!(n, HEADER_LEN + 10 + MAC_LEN);
+        for cut in 0..n {
+            // Until the header is in, the header is what is missing; then the rest is known.
+            let want = if cut < HEADER_LEN { HEADER_LEN - cut } else { n - cut };
+            assert_eq!(decode_response(&buf[..cut]), Ok(Decoded::NeedMore(want)), "prefix {cut}");
+        }
         let n = encode_ok_in(VERSION, 77, &digest, b"report.pdf", None, &mut buf);
         assert_eq!(n, HEADER_LEN + 10);
-        for cut in 0..n {
-            assert!(matches!(decode_response(&buf[..cut]), Ok(Decoded::NeedMore(_))), "prefix {cut}");
-        }
         let name = Some(b"report.pdf".to_vec());
         assert_eq!(
             decode_response(&buf[..n]),
@@ -591,6 +595,12 @@ mod tests {
                 n
             ))
         );
+        // No hint is no hint, not a hint of zero.
+        let n = encode_refusal_in(VERSION, Status::Forbidden, "no", None, &mut buf);
+        assert!(matches!(
+            decode_response(&buf[..n]),
+            Ok(Decoded::Done(Response::Refused { retry_after_ms: None, .. }, _))
+        ));
         // Version 1 refusals never carry a hint (old clients ignore the field anyway).
         let n = encode_refusal_in(V1, Status::Busy, "busy", Some(1500), &mut buf);
         assert!(matches!(
