@@ -188,6 +188,21 @@ mod tests {
         assert_eq!(Record::decode(&r.encode().replace("blake3 07", "blake3 zz")), None);
         let weak = Record { etag: Some("W/\"x\"".into()), ..Record::default() };
         assert!(!weak.resumable(), "a weak ETag cannot be used in If-Range");
+        // Each way of recognising the server's version again, alone, is enough; a SHA-256
+        // needs the size beside it (the digest arrives only with the whole file).
+        let base = Record { source: "s".into(), ..Record::default() };
+        assert!(!base.resumable());
+        for (r, want) in [
+            (Record { blake3: Some([1; 32]), ..base.clone() }, true),
+            (Record { sha256: Some([1; 32]), size: Some(9), ..base.clone() }, true),
+            (Record { sha256: Some([1; 32]), ..base.clone() }, false),
+            (Record { size: Some(9), ..base.clone() }, false),
+            (Record { etag: Some("\"e\"".into()), ..base.clone() }, true),
+            (Record { last_modified: Some("Sun, 06 Nov 1994 08:49:37 GMT".into()), ..base.clone() }, true),
+        ] {
+            assert_eq!(r.resumable(), want, "{r:?}");
+            assert_eq!(Record::decode(&r.encode()), Some(r), "round trip");
+        }
     }
 
     #[test]
@@ -200,11 +215,28 @@ mod tests {
         let (a, _) = paths(&dir.path().join(format!("{long}1")));
         let (b, _) = paths(&dir.path().join(format!("{long}2")));
         assert_ne!(a, b);
+        // Up to 200 bytes a name is kept whole; past that it is cut and told apart by a digest.
+        let (whole, _) = paths(&dir.path().join("y".repeat(200)));
+        assert_eq!(whole.file_name().unwrap().len(), 1 + 200 + ".xfer.part".len());
+        let (cut, _) = paths(&dir.path().join("y".repeat(201)));
+        assert_eq!(cut.file_name().unwrap().len(), 1 + 180 + 1 + 16 + ".xfer.part".len());
         assert!(a.file_name().unwrap().len() <= 255);
         let r = Record { source: "xfer://h:1".into(), name: b"data.bin".to_vec(), ..Record::default() };
         write_record(&i, &r).unwrap();
         assert_eq!(find_in(dir.path(), "xfer://h:1"), Some(dir.path().join("data.bin")));
         assert_eq!(find_in(dir.path(), "xfer://h:2"), None);
+        // A record that names no file leads nowhere (it would point at the directory).
+        let (_, nameless) = paths(&dir.path().join("other"));
+        write_record(&nameless, &Record { source: "xfer://h:3".into(), ..Record::default() }).unwrap();
+        assert_eq!(find_in(dir.path(), "xfer://h:3"), None);
+        // A long URL is still a record; a file past 16 KiB is none of ours.
+        let long_url = Record { source: format!("http://h/{}", "u".repeat(8000)), ..r.clone() };
+        write_record(&i, &long_url).unwrap();
+        assert_eq!(read_record(&i), Some(long_url));
+        let huge = Record { source: format!("http://h/{}", "u".repeat(16 * 1024)), ..r.clone() };
+        write_record(&i, &huge).unwrap();
+        assert_eq!(read_record(&i), None);
+        write_record(&i, &r).unwrap();
         let f = File::create(&p).unwrap();
         assert!(lock(&f).unwrap());
         let g = File::open(&p).unwrap();

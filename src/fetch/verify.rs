@@ -119,6 +119,16 @@ mod tests {
         assert_eq!(check(&[want], &got), Ok(vec![want]));
         assert_eq!(check(&[], &got), Ok(vec![]), "nothing to check: unverified, not an error");
         let wrong = Want { digest: [1; 32], ..want };
-        assert!(check(&[want, wrong], &got).is_err());
+        assert_eq!(check(&[want, wrong], &got), Err(Mismatch { want: wrong, got: got.blake3 }));
+        // SHA-256 is computed only when some wanted digest is one; a wanted SHA-256 that
+        // was never computed is a failure, not a pass.
+        let sha = Want { algorithm: Algorithm::Sha256, digest: [2; 32], pinned: false };
+        assert!(!needs_sha256(&[want]) && needs_sha256(&[want, sha]));
+        assert_eq!(check(&[sha], &got), Err(Mismatch { want: sha, got: [0; 32] }));
+        let both = Got { sha256: Some([2; 32]), ..got };
+        assert_eq!(check(&[want, sha], &both), Ok(vec![want, sha]));
+        // What messages show.
+        assert_eq!((Algorithm::Blake3.name(), Algorithm::Sha256.name()), ("blake3", "sha-256"));
+        assert_eq!(hex(&[0xab; 32]), "ab".repeat(32));
     }
 }
