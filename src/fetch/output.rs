@@ -552,5 +552,154 @@ mod tests {
         {
             assert!(safe_name(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        // Each refusal says its own reason; the limits are exact.
+        assert_eq!(safe_name(b"."), Err("it is empty or a directory name"));
+        assert_eq!(safe_name(b"a/.."), Err("it is empty or a directory name"));
+        assert_eq!(safe_name(b"a\x7fb"), Err("it holds control characters"));
+        assert_eq!(safe_name(&[b'x'; 256]), Err("it is longer than 255 bytes"));
+        assert_eq!(safe_name(&[b'x'; 255]).unwrap().len(), 255);
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    fn write_all(out: &Output, bytes: &[u8]) {
+        use std::io::Write;
+        let Ok(Writer::Temp(mut f)) = out.writer() else { panic!("not a temporary file") };
+        f.write_all(bytes).unwrap();
+    }
+
+    /// Every way an output path can be wrong is found before connecting, with its own error.
+    #[test]
+    fn bad_output_paths_fail_with_their_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("file"), b"x").unwrap();
+        let err = |p: &Path| Output::prepare(p, None).err().expect("must fail");
+        assert!(matches!(err(Path::new("")), FetchError::EmptyOutput));
+        assert!(matches!(err(&d.join("sub/")), FetchError::NoOutputDir(_)));
+        std::fs::create_dir(d.join("sub")).unwrap();
+        assert!(matches!(err(Path::new(&format!("{}/sub/", d.display()))), FetchError::OutputIsDir(_)));
+        assert!(matches!(err(&d.join("sub")), FetchError::OutputIsDir(_)));
+        assert!(matches!(err(&d.join("none/new")), FetchError::NoOutputDir(p) if p == d.join("none")));
+        assert!(
+            matches!(err(&d.join("file/new")), FetchError::Output { source, .. } if source.raw_os_error() == Some(libc::ENOTDIR))
+        );
+        assert!(matches!(check_new(&d.join("file/new")), Err(FetchError::BadOutput { why: "is not a directory", .. })));
+        let long = d.join("n".repeat(name_max(d) + 1));
+        assert!(
+            matches!(err(&long), FetchError::Output { source, .. } if source.raw_os_error() == Some(libc::ENAMETOOLONG))
+        );
+        assert_eq!(files_in(d), ["file", "sub"], "nothing created");
+        // The longest name the file system takes is fine.
+        let longest = Output::prepare(&d.join("n".repeat(name_max(d))), None).unwrap();
+        assert!(!longest.is_stream());
+    }
+
+    /// A new file appears whole only at commit; until then only the temporary file exists,
+    /// and dropping it leaves nothing.
+    #[test]
+    fn a_new_file_appears_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.bin");
+        let mut out = Output::prepare(&target, None).unwrap();
+        assert!(!out.is_stream() && out.temp().is_some());
+        assert_eq!(out.name(), target);
+        write_all(&out, b"hello");
+        assert!(!target.exists());
+        assert_eq!(files_in(dir.path()).len(), 1, "one temporary file");
+        out.commit().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"hello");
+        assert_eq!(files_in(dir.path()), ["out.bin"]);
+        // Not committed: nothing left at all.
+        let other = dir.path().join("other.bin");
+        let out = Output::prepare(&other, None).unwrap();
+        write_all(&out, b"half");
+        drop(out);
+        assert_eq!(files_in(dir.path()), ["out.bin"]);
+    }
+
+    /// An existing file keeps its mode; a link keeps being a link to the replaced file.
+    #[test]
+    fn an_existing_file_keeps_its_mode_and_a_link_its_target() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::write(&real, b"old").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("real", &link).unwrap();
+        let out = Output::prepare(&link, None).unwrap();
+        assert_eq!(out.name(), real, "the link's target is what gets replaced");
+        write_all(&out, b"new");
+        out.commit().unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&real).unwrap().mode() & 0o7777, 0o640);
+    }
+
+    /// Stdout and devices are streams, written straight into and never renamed over.
+    #[test]
+    fn stdout_and_devices_are_streams() {
+        let out = Output::prepare(Path::new("-"), None).unwrap();
+        assert!(out.is_stream() && matches!(out, Output::Stdout));
+        assert_eq!(out.name(), Path::new("<stdout>"));
+        let mut null = Output::prepare(Path::new("/dev/null"), None).unwrap();
+        assert!(null.is_stream() && null.temp().is_none());
+        assert_eq!(null.name(), Path::new("/dev/null"));
+        assert!(matches!(null.writer(), Ok(Writer::Stream(_))));
+        null.commit().unwrap();
+        assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    }
+
+    /// The partial's life: locked while in use, kept only with a record and bytes, found
+    /// again by the same source only, dropped by discard, gone once committed.
+    #[test]
+    fn a_partial_is_kept_found_locked_discarded_and_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("data");
+        let (part, info) = partial::paths(&target);
+        let record = Record { source: "xfer://h:1".into(), blake3: Some([1; 32]), size: Some(10), ..Record::default() };
+        let mut out = Output::prepare(&target, Some("xfer://h:1")).unwrap();
+        {
+            let t = out.temp().unwrap();
+            assert_eq!(t.path(), part);
+            assert!(t.resume_point().is_none(), "nothing yet");
+            assert_eq!(t.keep(), None, "no record, no byte: nothing to keep");
+            t.begin(0, Some(record.clone())).unwrap();
+            assert_eq!(t.keep(), None, "a record but no byte: nothing to keep");
+        }
+        assert!(
+            matches!(Output::prepare(&target, Some("xfer://h:1")), Err(FetchError::Locked(_))),
+            "a second fetch into the same output is told it is locked"
+        );
+        write_all(&out, b"01234");
+        assert_eq!(out.temp().unwrap().keep(), Some(5));
+        drop(out);
+        assert!(part.exists() && info.exists(), "kept");
+        // Another source's fetch does not resume it (and starts afresh).
+        let mut other = Output::prepare(&target, Some("xfer://h:2")).unwrap();
+        assert!(other.temp().unwrap().resume_point().is_none());
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), 0);
+        drop(other);
+        // The same source resumes from where it stopped.
+        std::fs::write(&part, b"01234").unwrap();
+        partial::write_record(&info, &record).unwrap();
+        let mut again = Output::prepare(&target, Some("xfer://h:1")).unwrap();
+        let t = again.temp().unwrap();
+        assert_eq!(t.resume_point().map(|(n, r)| (n, r.clone())), Some((5, record.clone())));
+        assert_eq!(t.keep(), Some(5), "kept again if this attempt fails before a byte");
+        t.discard().unwrap();
+        assert!(t.resume_point().is_none() && !info.exists());
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), 0);
+        t.begin(0, Some(record.clone())).unwrap();
+        write_all(&again, b"0123456789");
+        again.commit().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"0123456789");
+        assert_eq!(files_in(dir.path()), ["data"], "no partial, no record left");
     }
 }
