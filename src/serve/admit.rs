@@ -207,12 +207,8 @@ impl Admission {
                 limits.active += 1;
                 Entry::Admitted
             }
-            Some(why) if counts.refusing >= REFUSING_PER_IP => {
-                if counts.admitted == 0 && counts.refusing == 0 {
-                    limits.per_ip.remove(&ip);
-                }
-                Entry::Reject(why)
-            }
+            // Its entry is in use (by the refusals in progress), so nothing is left behind.
+            Some(why) if counts.refusing >= REFUSING_PER_IP => Entry::Reject(why),
             Some(why) => {
                 counts.refusing += 1;
                 Entry::Refusing(why)
@@ -454,6 +450,14 @@ mod tests {
         );
         assert_eq!(a.check_token(ip("127.0.0.1"), None, now), Err(Refusal::BadToken));
         assert_eq!(Admission::new(policy(), Arc::default()).check_token(ip("127.0.0.1"), None, now), Ok(()));
+        assert!(a.link_key().is_some() && a.native_key().is_some());
+        assert_ne!(
+            a.link_key().map(|k| k.sign_link(b"/x", 1)),
+            a.native_key().map(|k| k.sign_link(b"/x", 1)),
+            "one key per use"
+        );
+        let open = Admission::new(policy(), Arc::default());
+        assert!(open.link_key().is_none() && open.native_key().is_none());
         assert_eq!(format!("{:?}", Token::new(b"secret")), "Token(<redacted>)");
     }
 
@@ -504,6 +508,80 @@ mod tests {
         for (r, s) in statuses {
             assert_eq!(r.status(), s, "{r:?}");
         }
+    }
+
+    /// Counts per address go when its last connection does, and only then.
+    #[test]
+    fn per_address_counts_are_kept_exactly_while_in_use() {
+        let mut a = Admission::new(policy(), Arc::default());
+        let (one, count) = (ip("127.0.0.1"), |a: &Admission| lock(&a.limits).per_ip.get(&ip("127.0.0.1")).copied());
+        assert_eq!(a.enter(one, false), Entry::Admitted);
+        assert_eq!(a.enter(one, false), Entry::Admitted);
+        assert_eq!(a.enter(one, false), Entry::Refusing(Refusal::BusyFromYou), "max_per_ip is 2");
+        a.leave(one, true);
+        a.leave(one, true);
+        let c = count(&a).expect("a refusal is still in progress");
+        assert_eq!((c.admitted, c.refusing), (0, 1));
+        assert_eq!(a.enter(one, false), Entry::Admitted);
+        a.leave(one, false);
+        let c = count(&a).expect("a client is still in flight");
+        assert_eq!((c.admitted, c.refusing), (1, 0));
+        a.leave(one, true);
+        assert!(lock(&a.limits).per_ip.is_empty(), "nothing left behind");
+        assert_eq!(a.in_flight(), 0);
+        // Rejected at once: nothing is left behind either.
+        for _ in 0..REFUSING_PER_IP + 3 {
+            a.enter(ip("10.0.0.9"), false);
+        }
+        for _ in 0..REFUSING_PER_IP {
+            a.leave(ip("10.0.0.9"), false);
+        }
+        assert!(lock(&a.limits).per_ip.is_empty());
+    }
+
+    /// The table of guessers is bounded: when full, entries older than FORGET_AFTER go
+    /// first, then the oldest one; an address already in it never pushes another out.
+    #[test]
+    fn the_guess_table_is_bounded_and_forgets() {
+        let mut a = Admission::new(policy(), Arc::default());
+        let t0 = Instant::now();
+        let v4 = |n: usize| IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+        let len = |a: &Admission| lock(&a.limits).strikes.len();
+        let heavy = ip("192.0.2.1");
+        for _ in 0..=FREE_FAILURES {
+            a.judge(heavy, false, t0).unwrap_err();
+        }
+        for n in 1..MAX_TRACKED {
+            a.judge(v4(n), false, t0 + Duration::from_millis(1)).unwrap_err();
+        }
+        assert_eq!(len(&a), MAX_TRACKED);
+        // Full, and a known address fails again: nobody is pushed out.
+        a.judge(v4(7), false, t0 + Duration::from_millis(2)).unwrap_err();
+        assert_eq!(len(&a), MAX_TRACKED);
+        assert_eq!(a.judge(heavy, true, t0 + Duration::from_millis(3)), Err(Refusal::BadToken), "still penalised");
+        // Full, and a new address: the oldest entry (the heavy guesser's) makes room.
+        a.judge(ip("192.0.2.2"), false, t0 + Duration::from_millis(4)).unwrap_err();
+        assert_eq!(len(&a), MAX_TRACKED);
+        assert!(!lock(&a.limits).strikes.contains_key(&heavy));
+        // Much later, one recent entry and many stale ones: only the stale ones go.
+        let mut b = Admission::new(policy(), Arc::default());
+        for n in 1..MAX_TRACKED {
+            b.judge(v4(n), false, t0).unwrap_err();
+        }
+        b.judge(heavy, false, t0 + Duration::from_secs(1)).unwrap_err();
+        b.judge(ip("192.0.2.2"), false, t0 + FORGET_AFTER).unwrap_err();
+        assert_eq!(len(&b), 2, "the recent one and the newcomer");
+    }
+
+    #[test]
+    fn a_penalty_ends_exactly_when_it_says() {
+        let mut a = Admission::new(policy(), Arc::default());
+        let (bad, t0) = (ip("127.0.0.1"), Instant::now());
+        for _ in 0..=FREE_FAILURES {
+            a.judge(bad, false, t0).unwrap_err();
+        }
+        assert_eq!(a.judge(bad, true, t0 + FIRST_PENALTY - Duration::from_nanos(1)), Err(Refusal::BadToken));
+        assert_eq!(a.judge(bad, true, t0 + FIRST_PENALTY), Ok(()));
     }
 
     #[test]
@@ -574,6 +652,13 @@ mod tests {
         assert!(!all.contains("::1".parse().unwrap()));
         let v6: Cidr = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        let doc: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(doc.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!doc.contains("2001:db9::1".parse().unwrap()));
+        assert!(!doc.contains("1.2.3.4".parse().unwrap()));
+        let any6: Cidr = "::/0".parse().unwrap();
+        assert!(any6.contains("2001:db9::1".parse().unwrap()));
         let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
         assert!(mapped.contains("10.1.2.3".parse().unwrap()));
         for bad in ["10.0.0.0/33", "nonsense", "::/129", "1.2.3.4/x", "::ffff:1.2.3.4/90"] {
