@@ -1117,6 +1117,11 @@ mod tests {
         let big = head(&format!("Location: /{}\r\n", "l".repeat(60_000)));
         assert_eq!(big.location.map(|l| l.len()), Some(60_001));
         let endless = format!("HTTP/1.1 200 OK\r\nX: {}", "x".repeat(MAX_RESPONSE_HEAD));
+        assert_eq!(
+            parse_response(&endless.as_bytes()[..60_000]),
+            Ok(Decoded::NeedMore(1)),
+            "64 KiB, as the error says"
+        );
         assert_eq!(parse_response(&endless.as_bytes()[..MAX_RESPONSE_HEAD - 1]), Ok(Decoded::NeedMore(1)));
         assert_eq!(parse_response(&endless.as_bytes()[..MAX_RESPONSE_HEAD]), Err(ResponseError::TooLarge));
     }
