@@ -709,6 +709,124 @@ mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
 
+    /// One server's view for `decide`: a snapshot of `data.bin`, and admission with `token`.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        snap: Snapshot,
+        admission: Admission,
+    }
+
+    fn fixture(token: Option<&[u8]>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let policy = crate::serve::admit::Policy {
+            max_clients: 10,
+            max_per_ip: usize::MAX,
+            allow: Vec::new(),
+            token: token.map(|t| std::sync::Arc::new(crate::serve::admit::Token::new(t))),
+            request_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+            quiet: true,
+        };
+        let admission = Admission::new(policy, std::sync::Arc::default());
+        Fixture { _dir: dir, snap: Snapshot::open(&path).unwrap(), admission }
+    }
+
+    /// Asks `raw` (a request head) of the fixture at wall-clock second `now`.
+    fn ask(f: &mut Fixture, raw: &str, refuse: Option<Refusal>, served: u32, now: u64) -> Head {
+        let Ok(crate::encoding::Decoded::Done(req, _)) = wire::parse(raw.as_bytes()) else { panic!("{raw:?}") };
+        let mut ctx = Ctx {
+            snap: &f.snap,
+            admission: &mut f.admission,
+            ip: "127.0.0.1".parse().unwrap(),
+            refuse,
+            now: SystemTime::UNIX_EPOCH + Duration::from_secs(now),
+            when: std::time::Instant::now(),
+        };
+        decide(&req, &mut ctx, served).head
+    }
+
+    fn get(target: &str, extra: &str) -> String {
+        format!("GET {target} HTTP/1.1\r\nHost: h\r\n{extra}\r\n")
+    }
+
+    #[test]
+    fn each_refusal_gets_its_status() {
+        let mut f = fixture(None);
+        for (why, status) in [
+            (Refusal::Forbidden, 403),
+            (Refusal::BadToken, 401),
+            (Refusal::TokenNeedsV2, 401),
+            (Refusal::LinkForged, 403),
+            (Refusal::LinkExpired, 410),
+            (Refusal::Busy, 503),
+            (Refusal::BusyFromYou, 503),
+            (Refusal::Changing, 503),
+            (Refusal::Paused, 503),
+        ] {
+            assert_eq!(refusal(why, SystemTime::now()).status, status, "{why:?}");
+            let h = ask(&mut f, &get("/data.bin", ""), Some(why), 0, 1);
+            assert_eq!((h.status, h.kind, h.close), (status, Kind::Refused(why), true), "{why:?}");
+        }
+    }
+
+    #[test]
+    fn resources_methods_and_keep_alive() {
+        let mut f = fixture(None);
+        let h = ask(&mut f, &get("/data.bin", ""), None, 0, 1);
+        assert_eq!((h.status, h.kind, h.close, h.head_only), (200, Kind::File, false, false));
+        assert_eq!(ask(&mut f, &get("/", ""), None, 0, 1).kind, Kind::Landing);
+        assert_eq!(ask(&mut f, &get("/data.bin.b3", ""), None, 0, 1).kind, Kind::B3Sum);
+        let h = ask(&mut f, &get("/other", ""), None, 0, 1);
+        assert_eq!((h.status, h.kind), (404, Kind::NotFound));
+        let h = ask(&mut f, &get("/data.bin.sha256", ""), None, 0, 1);
+        assert_eq!((h.status, h.kind), (503, Kind::ShaPending), "SHA-256 not computed yet");
+        let h = ask(&mut f, "HEAD /data.bin HTTP/1.1\r\nHost: h\r\n\r\n", None, 0, 1);
+        assert!(h.head_only && h.status == 200);
+        let h = ask(&mut f, "PUT /data.bin HTTP/1.1\r\nHost: h\r\n\r\n", None, 0, 1);
+        assert_eq!((h.status, h.kind, h.close), (405, Kind::MethodNotAllowed, true));
+        // A kept-alive connection serves MAX_REQUESTS requests; the last one closes it.
+        assert!(!ask(&mut f, &get("/data.bin", ""), None, MAX_REQUESTS - 2, 1).close);
+        assert!(ask(&mut f, &get("/data.bin", ""), None, MAX_REQUESTS - 1, 1).close);
+        assert!(ask(&mut f, &get("/data.bin", "Connection: close\r\n"), None, 0, 1).close);
+        let h10 = ask(&mut f, "GET /data.bin HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", None, 0, 1);
+        assert!(h10.keep_alive_10 && !h10.close);
+        assert!(!ask(&mut f, "GET /data.bin HTTP/1.0\r\n\r\n", None, 0, 1).keep_alive_10);
+    }
+
+    #[test]
+    fn bearer_tokens_and_signed_links() {
+        let mut f = fixture(Some(b"sesame"));
+        let status =
+            |f: &mut Fixture, target: &str, extra: &str, now: u64| ask(f, &get(target, extra), None, 0, now).status;
+        assert_eq!(status(&mut f, "/data.bin", "", 1), 401);
+        assert_eq!(status(&mut f, "/data.bin", "Authorization: Bearer sesame\r\n", 1), 200);
+        assert_eq!(status(&mut f, "/data.bin", "Authorization: bearer   sesame \r\n", 1), 200);
+        assert_eq!(status(&mut f, "/data.bin", "Authorization: Basic c2VzYW1l\r\n", 1), 401);
+        assert_eq!(bearer(Some("Bearer a b")), Some("a b"));
+        assert_eq!(bearer(Some("Token abc")), None);
+        assert_eq!(bearer(Some("Bearer")), None);
+        assert_eq!(bearer(None), None);
+        // A link signed for the path and an expiry works until that second, inclusive.
+        let key = f.admission.link_key().unwrap().clone();
+        let link = format!("/data.bin{}", link_query(&key, b"/data.bin", 1000));
+        let h = ask(&mut f, &get(&link, ""), None, 0, 1000);
+        assert_eq!((h.status, h.link_expires), (200, Some(1000)));
+        assert_eq!(status(&mut f, &link, "", 1001), 410);
+        // Any change to it is a forgery (and a counted failure, so there are few here).
+        let later = link.replace("expires=1000", "expires=2000");
+        assert_eq!(status(&mut f, &later, "", 1), 403);
+        let short = &link[..link.len() - 2];
+        assert_eq!(status(&mut f, short, "", 1), 403);
+        // Without a signature a link is an ordinary request (a token is then needed).
+        assert_eq!(status(&mut f, "/data.bin?expires=1000", "", 1), 401);
+        let want = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff];
+        assert_eq!(hex16("00112233445566778899aabbccddeeff"), Some(want));
+        assert_eq!(hex16("00112233445566778899aabbccddeef"), None);
+        assert_eq!(hex16("00112233445566778899aabbccddeefg"), None);
+    }
+
     /// The longest page: a 255-byte name of the characters that grow most when escaped
     /// (for HTML, for the shell, for URLs), a long Host, a page reached by a signed link.
     #[test]
