@@ -1181,6 +1181,8 @@ mod tests {
         let mut d = Chunked::default();
         assert_eq!(d.decode(&mut lf), Ok(4));
         assert!(d.is_done() && lf.starts_with(b"Wiki"));
+        // A line end with no size before it is no chunk.
+        assert_eq!(Chunked::default().decode(&mut b"\n".to_vec()), Err(ChunkError));
         // An extension with no size before it is refused at its first byte.
         assert_eq!(Chunked::default().decode(&mut b";".to_vec()), Err(ChunkError));
         for bad in [&b"x\r\n"[..], b"\r\n", b"4\r\nWikiX", b"11111111111111111\r\n", b";\r\n"] {

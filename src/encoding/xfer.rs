@@ -510,7 +510,9 @@ mod tests {
         let mut buf = [0u8; MAX_RESPONSE_HEAD];
         let n = encode_refusal(Status::Busy, "too many", &mut buf);
         assert_eq!(n, HEADER_LEN + 8);
-        assert_eq!(decode_response(&buf[..n - 1]), Ok(Decoded::NeedMore(1)));
+        for cut in HEADER_LEN..n {
+            assert_eq!(decode_response(&buf[..cut]), Ok(Decoded::NeedMore(n - cut)), "prefix {cut}");
+        }
         assert_eq!(
             decode_response(&buf[..n]),
             Ok(Decoded::Done(

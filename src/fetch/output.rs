@@ -118,9 +118,11 @@ impl Output {
             return Ok(Output::Stdout);
         }
         if out.as_os_str().as_bytes().ends_with(b"/") {
+            // With a trailing `/`, only a directory (or a link to one) exists at all: the
+            // kernel answers ENOTDIR for anything else.
             return Err(match std::fs::metadata(out) {
-                Ok(m) if m.is_dir() => FetchError::OutputIsDir(out.to_path_buf()),
-                _ => FetchError::NoOutputDir(out.to_path_buf()),
+                Ok(_) => FetchError::OutputIsDir(out.to_path_buf()),
+                Err(_) => FetchError::NoOutputDir(out.to_path_buf()),
             });
         }
         let target = follow_links(out)?;
