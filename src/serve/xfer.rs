@@ -74,9 +74,8 @@ impl Incoming {
     /// What arrived after the first message: the start of a proof sent early.
     pub fn early(&self) -> Incoming {
         let mut next = Incoming::default();
-        if self.got as usize > REQUEST_LEN {
-            next.seed(&self.buf[REQUEST_LEN..self.got as usize]);
-        }
+        // Nothing past the request (or not even all of it yet): nothing to start with.
+        next.seed(self.buf.get(REQUEST_LEN..self.got as usize).unwrap_or_default());
         next
     }
 
