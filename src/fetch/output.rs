@@ -632,7 +632,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real");
         std::fs::write(&real, b"old").unwrap();
-        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // As root the owner carries over too, and the set-id bit survives the chown.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mode = if root { 0o2750 } else { 0o640 };
+        if root {
+            std::os::unix::fs::chown(&real, Some(4321), Some(4322)).unwrap();
+        }
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode)).unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink("real", &link).unwrap();
         let out = Output::prepare(&link, None).unwrap();
@@ -641,7 +647,11 @@ mod tests {
         out.commit().unwrap();
         assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         assert_eq!(std::fs::read(&real).unwrap(), b"new");
-        assert_eq!(std::fs::metadata(&real).unwrap().mode() & 0o7777, 0o640);
+        let m = std::fs::metadata(&real).unwrap();
+        assert_eq!(m.mode() & 0o7777, mode);
+        if root {
+            assert_eq!((m.uid(), m.gid()), (4321, 4322));
+        }
     }
 
     /// Stdout and devices are streams, written straight into and never renamed over.
