@@ -661,6 +661,12 @@ mod tests {
         assert!(any6.contains("2001:db9::1".parse().unwrap()));
         let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
         assert!(mapped.contains("10.1.2.3".parse().unwrap()));
+        // The longest prefixes are single addresses, and allowed.
+        let one: Cidr = "10.0.0.1/32".parse().unwrap();
+        assert!(one.contains("10.0.0.1".parse().unwrap()) && !one.contains("10.0.0.2".parse().unwrap()));
+        let one6: Cidr = "::1/128".parse().unwrap();
+        assert!(one6.contains("::1".parse().unwrap()) && !one6.contains("::2".parse().unwrap()));
+        assert!("::ffff:10.0.0.1/128".parse::<Cidr>().unwrap().contains("10.0.0.1".parse().unwrap()));
         for bad in ["10.0.0.0/33", "nonsense", "::/129", "1.2.3.4/x", "::ffff:1.2.3.4/90"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
