@@ -269,8 +269,8 @@ pub fn safe_name(raw: &[u8]) -> Result<OsString, &'static str> {
     if base.len() > 255 {
         return Err("it is longer than 255 bytes");
     }
-    let text = String::from_utf8_lossy(base);
-    if base.iter().any(|&b| b < 0x20 || b == 0x7f) || text.chars().any(char::is_control) {
+    // C0 controls and DEL are ASCII, so they survive the lossy decoding as themselves.
+    if String::from_utf8_lossy(base).chars().any(char::is_control) {
         return Err("it holds control characters");
     }
     Ok(OsString::from_vec(base.to_vec()))
@@ -278,11 +278,12 @@ pub fn safe_name(raw: &[u8]) -> Result<OsString, &'static str> {
 
 impl Temp {
     /// Creates the temporary file beside `target`, with the old file's mode (and owner,
-    /// as root) when there is one: the partial copy of a private file is private too. With
+    /// as root) when there is one, and private until then. With
     /// `resume` (this source's key), it is the stable, locked partial, and a record left by
     /// an earlier attempt from the same source is read.
     fn create(target: PathBuf, old: Option<&Metadata>, resume: Option<&str>) -> Result<Temp, FetchError> {
-        let mode = old.map_or(0o666, |m| m.mode() & 0o777);
+        // Replacing a file: private until take_attributes gives it the old file's mode.
+        let mode = if old.is_some() { 0o600 } else { 0o666 };
         let (path, file, info) = match resume {
             Some(_) => {
                 let (path, info) = partial::paths(&target);
@@ -592,6 +593,12 @@ mod tests {
             matches!(err(&d.join("file/new")), FetchError::Output { source, .. } if source.raw_os_error() == Some(libc::ENOTDIR))
         );
         assert!(matches!(check_new(&d.join("file/new")), Err(FetchError::BadOutput { why: "is not a directory", .. })));
+        // A parent that cannot be looked at is reported as it is, not as missing.
+        std::os::unix::fs::symlink("loop", d.join("loop")).unwrap();
+        assert!(
+            matches!(check_new(&d.join("loop/new")), Err(FetchError::Output { source, .. }) if source.raw_os_error() == Some(libc::ELOOP))
+        );
+        std::fs::remove_file(d.join("loop")).unwrap();
         let long = d.join("n".repeat(name_max(d) + 1));
         assert!(
             matches!(err(&long), FetchError::Output { source, .. } if source.raw_os_error() == Some(libc::ENAMETOOLONG))
@@ -617,6 +624,15 @@ mod tests {
         out.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"hello");
         assert_eq!(files_in(dir.path()), ["out.bin"]);
+        // A temporary name already taken (a leftover of a process with our pid) is skipped,
+        // and the leftover left alone.
+        let taken = dir.path().join(format!(".next.bin.xfer-{}-0.part", std::process::id()));
+        std::fs::write(&taken, b"not ours").unwrap();
+        let mut next = Output::prepare(&dir.path().join("next.bin"), None).unwrap();
+        assert_ne!(next.temp().unwrap().path(), taken);
+        drop(next);
+        assert_eq!(std::fs::read(&taken).unwrap(), b"not ours");
+        std::fs::remove_file(&taken).unwrap();
         // Not committed: nothing left at all.
         let other = dir.path().join("other.bin");
         let out = Output::prepare(&other, None).unwrap();
@@ -698,6 +714,11 @@ mod tests {
         assert!(other.temp().unwrap().resume_point().is_none());
         assert_eq!(std::fs::metadata(&part).unwrap().len(), 0);
         drop(other);
+        // A record beside an empty partial: nothing to resume from.
+        partial::write_record(&info, &record).unwrap();
+        let mut empty = Output::prepare(&target, Some("xfer://h:1")).unwrap();
+        assert!(empty.temp().unwrap().resume_point().is_none());
+        drop(empty);
         // The same source resumes from where it stopped.
         std::fs::write(&part, b"01234").unwrap();
         partial::write_record(&info, &record).unwrap();
