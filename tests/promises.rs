@@ -63,6 +63,16 @@ fn interrupted_fetch_leaves_nothing(sig: i32, codes: &[i32], seed: u64) {
             status_str(&st),
             stderr.text()
         );
+        let name = match sig {
+            libc::SIGINT => "SIGINT",
+            libc::SIGTERM => "SIGTERM",
+            _ => "SIGHUP",
+        };
+        assert!(
+            stderr.text().contains(&format!("interrupted ({name})")),
+            "{what}: the message does not name {name}:\n{}",
+            stderr.text()
+        );
         assert_nothing_left(&outdir, &out, old, &what);
     }
 }
