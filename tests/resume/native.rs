@@ -575,3 +575,28 @@ fn sigint_while_a_resumed_fetch_waits_for_the_server_keeps_the_partial() {
         err.text()
     );
 }
+
+#[test]
+fn sigint_after_the_header_but_before_any_body_byte_keeps_nothing() {
+    // A server that answers its header, then sends nothing: the fetch has recorded what
+    // it is fetching but holds no byte of it, so there is nothing worth keeping.
+    let digest = [7u8; 32];
+    let fake = crate::util::fake::Fake::start(move |mut s, stop| {
+        use std::io::Write;
+        let mut head = [0u8; encoding::xfer::MAX_RESPONSE_HEAD];
+        let n = encoding::xfer::encode_ok_in(encoding::xfer::VERSION, 1000, &digest, b"f.bin", None, &mut head);
+        let _ = s.write_all(&head[..n]);
+        let _ = stop.recv_timeout(Duration::from_secs(20));
+    });
+    let dir = tempdir();
+    let out = dir.path().join("copy.bin");
+    let (mut child, err) = spawn_collected(&mut fetch_default_command(&fake.target(), &out, &[]));
+    let (part, info) = partial_of(&out);
+    let recorded = wait_until(Duration::from_secs(10), || info.exists());
+    assert!(recorded, "the fetch never recorded its partial: {:?}\n{}", dir_names(dir.path()), err.text());
+    send_signal(child.id(), libc::SIGINT);
+    assert_eq!(finish(&mut child, &err, 10, "SIGINT before any byte"), Some(130), "{}", err.text());
+    assert!(err.text().contains("interrupted (SIGINT); nothing written"), "stderr:\n{}", err.text());
+    assert!(!part.exists() && !info.exists(), "left behind: {:?}", dir_names(dir.path()));
+    fake.assert_request_ok();
+}
