@@ -776,7 +776,11 @@ mod tests {
         let mut f = fixture(None);
         let h = ask(&mut f, &get("/data.bin", ""), None, 0, 1);
         assert_eq!((h.status, h.kind, h.close, h.head_only), (200, Kind::File, false, false));
-        assert_eq!(ask(&mut f, &get("/", ""), None, 0, 1).kind, Kind::Landing);
+        // The landing page's commands name the host the client used, when it is fit to.
+        let h = ask(&mut f, "GET / HTTP/1.1\r\nHost: files.example:8080\r\n\r\n", None, 0, 1);
+        assert_eq!((h.kind, h.host.as_deref()), (Kind::Landing, Some("files.example:8080")));
+        let h = ask(&mut f, "GET / HTTP/1.1\r\nHost: -x;rm\r\n\r\n", None, 0, 1);
+        assert_eq!((h.kind, h.host.as_deref()), (Kind::Landing, None));
         assert_eq!(ask(&mut f, &get("/data.bin.b3", ""), None, 0, 1).kind, Kind::B3Sum);
         let h = ask(&mut f, &get("/other", ""), None, 0, 1);
         assert_eq!((h.status, h.kind), (404, Kind::NotFound));

@@ -373,4 +373,54 @@ mod tests {
         assert!(matches!(Snapshot::open(dir.path()), Err(InputError::NotRegular { kind: "directory", .. })));
         assert!(matches!(Snapshot::open(&dir.path().join("missing")), Err(InputError::Open { .. })));
     }
+
+    /// Polls for the SHA-256 for up to `limit`.
+    fn sha256_within(snap: &Snapshot, limit: Duration) -> Option<Digest> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(d) = snap.sha256() {
+                return Some(*d);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The SHA-256 describes the same bytes as the BLAKE3 digest, or is not given at all:
+    /// a file changed under the snapshot gets none, and is also marked changed; an unchanged
+    /// one (or one held in memory) gets the right one, and the stale, in-memory and changed
+    /// states say what they should.
+    #[test]
+    fn sha256_is_given_only_for_the_snapshots_bytes() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data = vec![3u8; 1 << 20];
+        std::fs::write(&path, &data).unwrap();
+        let snap = Arc::new(Snapshot::open(&path).unwrap());
+        assert!(!snap.in_memory() && !snap.is_changed() && !snap.is_stale());
+        snap.want_sha256();
+        let want: [u8; 32] = sha2::Sha256::digest(&data).into();
+        assert_eq!(sha256_within(&snap, Duration::from_secs(20)), Some(want));
+
+        // Changed in place before the helper reads it: no SHA-256 at all.
+        let snap = Arc::new(Snapshot::open(&path).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"zz", 10).unwrap();
+        snap.want_sha256();
+        assert_eq!(sha256_within(&snap, Duration::from_secs(2)), None, "a SHA-256 of other bytes");
+        assert!(snap.check_changed(true) && snap.is_changed() && snap.is_stale());
+
+        // A small file is held in memory: a change on disk cannot make it stale.
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"abc").unwrap();
+        let snap = Arc::new(Snapshot::open(&small).unwrap());
+        std::fs::write(&small, b"xyz").unwrap();
+        assert!(snap.in_memory() && snap.check_changed(true) && !snap.is_stale());
+        snap.want_sha256();
+        let abc: [u8; 32] = sha2::Sha256::digest(b"abc").into();
+        assert_eq!(sha256_within(&snap, Duration::from_secs(20)), Some(abc));
+    }
 }
