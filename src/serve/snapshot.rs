@@ -320,19 +320,12 @@ fn hash_file(file: &File, size: u64, progress: &mut dyn FnMut(u64, u64)) -> io::
 }
 
 /// `read_exact_at` that reports a short file as `false` instead of an error.
-fn read_exact_at(file: &File, mut buf: &mut [u8], mut off: u64) -> io::Result<bool> {
-    while !buf.is_empty() {
-        match file.read_at(buf, off) {
-            Ok(0) => return Ok(false),
-            Ok(n) => {
-                buf = &mut buf[n..];
-                off += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+fn read_exact_at(file: &File, buf: &mut [u8], off: u64) -> io::Result<bool> {
+    match file.read_exact_at(buf, off) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
-    Ok(true)
 }
 
 #[cfg(test)]
@@ -372,6 +365,27 @@ mod tests {
         assert!(!snap.is_at(&path));
         assert!(matches!(Snapshot::open(dir.path()), Err(InputError::NotRegular { kind: "directory", .. })));
         assert!(matches!(Snapshot::open(&dir.path().join("missing")), Err(InputError::Open { .. })));
+        assert!(matches!(Snapshot::open(Path::new("/dev/null")), Err(InputError::NotRegular { kind: "device", .. })));
+    }
+
+    /// A file shorter than the size it was opened with is being truncated: no digest.
+    #[test]
+    fn a_file_that_shrinks_while_hashed_gives_no_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = File::open(&path).unwrap();
+        let mut seen = Vec::new();
+        let whole = hash_file(&f, data.len() as u64, &mut |done, _| seen.push(done)).unwrap();
+        assert_eq!(whole.map(|(d, mem)| (d, mem.is_none())), Some((*blake3::hash(&data).as_bytes(), true)));
+        assert_eq!(seen, [1 << 20, 2 << 20, 3 << 20], "progress after each MiB");
+        assert!(hash_file(&f, data.len() as u64 + 1, &mut |_, _| {}).unwrap().is_none());
+        let small = dir.path().join("s");
+        std::fs::write(&small, b"abc").unwrap();
+        let f = File::open(&small).unwrap();
+        assert_eq!(hash_file(&f, 3, &mut |_, _| {}).unwrap().and_then(|(_, m)| m).as_deref(), Some(&b"abc"[..]));
+        assert!(hash_file(&f, 4, &mut |_, _| {}).unwrap().is_none());
     }
 
     /// Polls for the SHA-256 for up to `limit`.
