@@ -221,3 +221,56 @@ pub fn render(head: &Head, snap: &Snapshot, out: &mut [u8]) -> usize {
     out[..n].copy_from_slice(&buf[..n]);
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::admit::{Policy, Token};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A proof is checked against the offset it was made for; the offset may be the end of
+    /// the file (nothing left to send) but not past it; the MAC comes with the file only.
+    #[test]
+    fn proofs_and_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let snap = Snapshot::open(&path).unwrap();
+        let policy = Policy {
+            max_clients: 10,
+            max_per_ip: usize::MAX,
+            allow: Vec::new(),
+            token: Some(Arc::new(Token::new(b"sesame"))),
+            request_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+            quiet: true,
+        };
+        let mut admission = Admission::new(policy, Arc::default());
+        let key = admission.native_key().unwrap().clone();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut answer = |offset: u64, proven_offset: u64| {
+            let ch = Challenge {
+                client: [1; 32],
+                server: [2; 32],
+                offset,
+                version: wire::VERSION,
+                refuse: None,
+                early: Incoming::default(),
+            };
+            let proof = wire::Proof {
+                offset: proven_offset,
+                proof: key.client_proof(&ch.client, &ch.server, proven_offset, wire::VERSION),
+            };
+            decide_proof(&proof, &ch, &snap, &mut admission, ip, Instant::now())
+        };
+        let (head, body) = answer(3, 3);
+        assert!(matches!(head, Head::Ok { mac: Some(_), .. }) && body == (3..10));
+        let (head, body) = answer(10, 10);
+        assert!(matches!(head, Head::Ok { mac: Some(_), .. }) && body == (10..10), "the end: nothing left");
+        let (head, _) = answer(11, 11);
+        assert!(matches!(head, Head::Refused { why: Refusal::BadOffset, .. }));
+        let (head, _) = answer(3, 4);
+        assert!(matches!(head, Head::Refused { why: Refusal::BadToken, .. }), "proof for another offset");
+    }
+}
