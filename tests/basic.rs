@@ -520,3 +520,16 @@ fn exit_codes_network_and_refusal() {
     assert!(!out3.exists());
     drop(parked);
 }
+
+#[test]
+fn fake_server_resetting_before_its_header_is_a_lost_connection_not_a_timeout() {
+    let f = Fake::start(|s, _| crate::util::raw::reset(s));
+    let dir = tempdir();
+    let out = dir.path().join("out.bin");
+    let res = fetch(&f.target(), &out, &["--timeout", "30"]);
+    assert_failed(&res, &[3], "reset before the header");
+    f.assert_request_ok();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!err.contains("timed out") && err.contains("reset"), "a reset must be told as one:\n{err}");
+    assert_nothing_left(dir.path(), &out, None, "reset before the header");
+}
