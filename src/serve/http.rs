@@ -712,7 +712,7 @@ mod tests {
     /// One server's view for `decide`: a snapshot of `data.bin`, and admission with `token`.
     struct Fixture {
         _dir: tempfile::TempDir,
-        snap: Snapshot,
+        snap: std::sync::Arc<Snapshot>,
         admission: Admission,
     }
 
@@ -730,7 +730,7 @@ mod tests {
             quiet: true,
         };
         let admission = Admission::new(policy, std::sync::Arc::default());
-        Fixture { _dir: dir, snap: Snapshot::open(&path).unwrap(), admission }
+        Fixture { _dir: dir, snap: std::sync::Arc::new(Snapshot::open(&path).unwrap()), admission }
     }
 
     /// Asks `raw` (a request head) of the fixture at wall-clock second `now`.
@@ -786,6 +786,13 @@ mod tests {
         assert_eq!((h.status, h.kind), (404, Kind::NotFound));
         let h = ask(&mut f, &get("/data.bin.sha256", ""), None, 0, 1);
         assert_eq!((h.status, h.kind), (503, Kind::ShaPending), "SHA-256 not computed yet");
+        f.snap.want_sha256();
+        let start = std::time::Instant::now();
+        while f.snap.sha256().is_none() && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let h = ask(&mut f, &get("/data.bin.sha256", ""), None, 0, 1);
+        assert_eq!((h.status, h.kind), (200, Kind::Sha256Sum), "SHA-256 known");
         let h = ask(&mut f, "HEAD /data.bin HTTP/1.1\r\nHost: h\r\n\r\n", None, 0, 1);
         assert!(h.head_only && h.status == 200);
         let h = ask(&mut f, "PUT /data.bin HTTP/1.1\r\nHost: h\r\n\r\n", None, 0, 1);
