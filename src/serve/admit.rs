@@ -69,6 +69,22 @@ pub struct Policy {
     pub quiet: bool,
 }
 
+#[cfg(test)]
+impl Policy {
+    /// For unit tests: ten clients, no per-address limit, anyone, `token` if given, quiet.
+    pub fn for_tests(token: Option<&[u8]>) -> Policy {
+        Policy {
+            max_clients: 10,
+            max_per_ip: usize::MAX,
+            allow: Vec::new(),
+            token: token.map(|t| Arc::new(Token::new(t))),
+            request_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+            quiet: true,
+        }
+    }
+}
+
 /// Why a client is refused: the server's verdict, which each protocol turns into its own
 /// answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

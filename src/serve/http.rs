@@ -720,15 +720,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data.bin");
         std::fs::write(&path, b"0123456789").unwrap();
-        let policy = crate::serve::admit::Policy {
-            max_clients: 10,
-            max_per_ip: usize::MAX,
-            allow: Vec::new(),
-            token: token.map(|t| std::sync::Arc::new(crate::serve::admit::Token::new(t))),
-            request_timeout: Duration::from_secs(10),
-            send_timeout: Duration::from_secs(10),
-            quiet: true,
-        };
+        let policy = crate::serve::admit::Policy::for_tests(token);
         let admission = Admission::new(policy, std::sync::Arc::default());
         Fixture { _dir: dir, snap: std::sync::Arc::new(Snapshot::open(&path).unwrap()), admission }
     }

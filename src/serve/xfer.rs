@@ -225,9 +225,8 @@ pub fn render(head: &Head, snap: &Snapshot, out: &mut [u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::admit::{Policy, Token};
+    use crate::serve::admit::Policy;
     use std::sync::Arc;
-    use std::time::Duration;
 
     /// A proof is checked against the offset it was made for; the offset may be the end of
     /// the file (nothing left to send) but not past it; the MAC comes with the file only.
@@ -237,15 +236,7 @@ mod tests {
         let path = dir.path().join("f.bin");
         std::fs::write(&path, b"0123456789").unwrap();
         let snap = Snapshot::open(&path).unwrap();
-        let policy = Policy {
-            max_clients: 10,
-            max_per_ip: usize::MAX,
-            allow: Vec::new(),
-            token: Some(Arc::new(Token::new(b"sesame"))),
-            request_timeout: Duration::from_secs(10),
-            send_timeout: Duration::from_secs(10),
-            quiet: true,
-        };
+        let policy = Policy::for_tests(Some(b"sesame"));
         let mut admission = Admission::new(policy, Arc::default());
         let key = admission.native_key().unwrap().clone();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
