@@ -485,9 +485,21 @@ fn attempt(source: &Source, plan: &Plan, opts: &Options, started: Instant, fresh
                 verify::hex(&got.blake3)
             )
         } else {
-            let list: Vec<String> =
-                checked.iter().map(|w| format!("{} {}", w.algorithm.name(), verify::hex(&w.digest))).collect();
-            format!("verified {}", list.join(" and "))
+            // A digest both the server and --expect gave is one check, said once.
+            let mut list: Vec<(verify::Algorithm, Digest, bool)> = Vec::new();
+            for w in &checked {
+                match list.iter_mut().find(|(a, d, _)| *a == w.algorithm && *d == w.digest) {
+                    Some(seen) => seen.2 |= w.pinned,
+                    None => list.push((w.algorithm, w.digest, w.pinned)),
+                }
+            }
+            let shown: Vec<String> = list
+                .iter()
+                .map(|(a, d, pinned)| {
+                    format!("{} {}{}", a.name(), verify::hex(d), if *pinned { " (--expect)" } else { "" })
+                })
+                .collect();
+            format!("verified {}", shown.join(" and "))
         };
         crate::say!(
             "fetched {} bytes in {secs:.2} s ({}){resumed}{saved}, {verdict}",

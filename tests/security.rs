@@ -596,6 +596,11 @@ fn impostor_server_is_caught_by_token_or_expect_and_nothing_is_written() {
     args.extend(["--expect", pin.as_str()]);
     let r = fetch(&server.target(), &out, &args);
     assert_fetched(&out, &r, &real);
+    // The server's digest and the pin are the same check: said once, marked as pinned.
+    let hex = pin.trim_start_matches("blake3:");
+    let said = stderr_of(&r);
+    assert!(said.contains(&format!("verified blake3 {hex} (--expect)")), "summary: {said}");
+    assert_eq!(said.matches(hex).count(), 1, "the digest is said once: {said}");
 }
 
 // ---------------------------------------------------------------------------------------
