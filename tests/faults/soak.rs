@@ -201,10 +201,14 @@ fn soak_random_faults() {
 
 /// The exit codes `xfer fetch` must give for a fault that hit: a flipped bit in a length
 /// (the name's, byte 6 of a version 2 header, or the size field) makes the stream end short
-/// of what the header announces (3) or the digest wrong (4); any other flip is a protocol
-/// or verification error (4); a reset, cut or stall is a network error (3).
+/// of what the header announces (3) or the digest wrong (4); a flipped bit in the status
+/// (byte 5) turns the success into a refusal, which docs/PROTOCOL.md has a client take as
+/// one, showing the name's bytes as its reason (6), unless the result is malformed (4); any
+/// other flip is a protocol or verification error (4); a reset, cut or stall is a network
+/// error (3). Whatever the code, nothing may be left at the output.
 fn expected_codes(job: &Job) -> &'static [i32] {
     match (job.plan.up.fault, job.plan.down.fault) {
+        (None, Some((5, Action::Flip(_)))) => &[4, 6],
         (None, Some((at, Action::Flip(_)))) if at == 6 || (8..16).contains(&at) => &[3, 4],
         (None, Some((_, Action::Flip(_)))) => &[4],
         _ => &[3],
