@@ -583,24 +583,23 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
 
 /// `Repr-Digest: sha-256=:BASE64:` (RFC 9530; a dictionary that may name other algorithms).
 fn repr_digest_sha256(v: &str) -> Option<[u8; 32]> {
-    v.split(',').find_map(|item| {
-        let (alg, val) = item.trim().split_once('=')?;
-        if !alg.trim().eq_ignore_ascii_case("sha-256") {
-            return None;
-        }
-        let b64 = val.trim().strip_prefix(':')?.strip_suffix(':')?;
-        base64_decode(b64)?.try_into().ok()
-    })
+    sha256_item(v, |val| val.strip_prefix(':')?.strip_suffix(':'))
 }
 
 /// `Digest: SHA-256=BASE64` (RFC 3230; a list that may name other algorithms).
 fn digest_sha256(v: &str) -> Option<[u8; 32]> {
+    sha256_item(v, |val| Some(val))
+}
+
+/// The SHA-256 in a comma-separated list of `algorithm=value` items, its base64 taken out
+/// of the value by `base64_of`.
+fn sha256_item(v: &str, base64_of: impl Fn(&str) -> Option<&str>) -> Option<[u8; 32]> {
     v.split(',').find_map(|item| {
         let (alg, val) = item.trim().split_once('=')?;
         if !alg.trim().eq_ignore_ascii_case("sha-256") {
             return None;
         }
-        base64_decode(val.trim())?.try_into().ok()
+        base64_decode(base64_of(val.trim())?)?.try_into().ok()
     })
 }
 
