@@ -361,24 +361,17 @@ pub fn content_disposition(out: &mut impl fmt::Write, name: &[u8]) -> fmt::Resul
 /// symmetry) mean anything: quotes stay as they are, so a name full of them does not grow
 /// fivefold.
 pub fn html_text(s: &str) -> Cow<'_, str> {
-    if !s.contains(['&', '<', '>']) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
+    escape_html(s, false)
 }
 
 /// Text made safe inside HTML (element content and quoted attribute values).
 pub fn html(s: &str) -> Cow<'_, str> {
-    if !s.contains(['&', '<', '>', '"', '\'']) {
+    escape_html(s, true)
+}
+
+fn escape_html(s: &str, quotes: bool) -> Cow<'_, str> {
+    let special = |c: char| matches!(c, '&' | '<' | '>') || quotes && matches!(c, '"' | '\'');
+    if !s.contains(special) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 16);
@@ -387,8 +380,8 @@ pub fn html(s: &str) -> Cow<'_, str> {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
+            '"' if quotes => out.push_str("&quot;"),
+            '\'' if quotes => out.push_str("&#39;"),
             c => out.push(c),
         }
     }

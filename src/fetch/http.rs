@@ -9,7 +9,7 @@
 
 use std::io::{self, Write};
 
-use super::native::{connect, lost};
+use super::native::{connect, lost, recv_head};
 use super::receive::{Framing, Silence};
 use super::{FetchError, Offer, Options};
 use crate::encoding::Decoded;
@@ -157,21 +157,7 @@ fn exchange(
         if have == buf.len() {
             buf.resize((buf.len() * 2).min(wire::MAX_RESPONSE_HEAD + 1), 0);
         }
-        match silence.recv(&stream, &mut buf[have..], false, || {}) {
-            Ok(0) => {
-                let detail = if have == 0 {
-                    "closed the connection without answering".to_string()
-                } else {
-                    format!("closed the connection after {have} bytes of the response head")
-                };
-                return Err(FetchError::Closed { target: peer, detail });
-            }
-            Ok(n) => have += n,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return Err(FetchError::Timeout { target: peer, timeout: opts.timeout });
-            }
-            Err(e) => return Err(lost(&peer, e)),
-        }
+        have += recv_head(&mut silence, &stream, &mut buf[have..], have, "bytes of the response head", &peer, opts)?;
     };
     if let Some(enc) = &head.encoding
         && matches!(head.status, 200 | 206)

@@ -119,21 +119,36 @@ fn ask_in(version: u8, target: &Target, port: u16, opts: &Options, offset: u64) 
             }
             Err(source) => return Err(FetchError::Protocol { target: peer, source }),
         };
-        match silence.recv(&stream, &mut buf[have..have + need], false, || {}) {
-            Ok(0) => {
-                let detail = if have == 0 {
-                    "closed the connection without answering".to_string()
-                } else {
-                    format!("closed the connection after {have} header bytes")
-                };
-                return Err(FetchError::Closed { target: peer, detail });
-            }
-            Ok(n) => have += n,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return Err(FetchError::Timeout { target: peer, timeout: opts.timeout });
-            }
-            Err(e) => return Err(lost(&peer, e)),
+        have += recv_head(&mut silence, &stream, &mut buf[have..have + need], have, "header bytes", &peer, opts)?;
+    }
+}
+
+/// Reads more of a response head (`have` bytes of it, `what`, are in): how many arrived.
+/// A close before the head is whole, silence past the timeout, and any other failure each
+/// get their own error.
+pub(super) fn recv_head(
+    silence: &mut Silence,
+    stream: &TcpStream,
+    buf: &mut [u8],
+    have: usize,
+    what: &str,
+    peer: &str,
+    opts: &Options,
+) -> Result<usize, FetchError> {
+    match silence.recv(stream, buf, false, || {}) {
+        Ok(0) => {
+            let detail = if have == 0 {
+                "closed the connection without answering".to_string()
+            } else {
+                format!("closed the connection after {have} {what}")
+            };
+            Err(FetchError::Closed { target: peer.to_string(), detail })
         }
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            Err(FetchError::Timeout { target: peer.to_string(), timeout: opts.timeout })
+        }
+        Err(e) => Err(lost(peer, e)),
     }
 }
 
