@@ -406,3 +406,54 @@ fn a_503_with_retry_after_is_retried_after_that_time_then_fetched() {
         retries[0]
     );
 }
+
+#[test]
+fn the_token_goes_to_its_own_origin_only_and_redirects_keep_the_query() {
+    let data = random_bytes(10_000, 20_014);
+    let reply = |body: &[u8]| http_response("200 OK", &[format!("Content-Length: {}", body.len())], body);
+    // Another origin (another port): it must never see the token.
+    let (other_seen, body) = (Seen::default(), data.clone());
+    let log = other_seen.clone();
+    let other = Scripted::start(1, move |_, mut s| {
+        log.lock().unwrap().push(read_http_head(&mut s));
+        send_and_close(s, &reply(&body));
+    });
+    let to_other = other.url("/elsewhere.bin");
+    let (seen, body) = (Seen::default(), data.clone());
+    let log = seen.clone();
+    let first = Scripted::start(3, move |n, mut s| {
+        log.lock().unwrap().push(read_http_head(&mut s));
+        let moved =
+            |to: &str| http_response("302 Found", &[format!("Location: {to}"), "Content-Length: 0".into()], b"");
+        let answer = match n {
+            0 => moved("/moved?b=2"),
+            1 => reply(&body),
+            _ => moved(&to_other),
+        };
+        send_and_close(s, &answer);
+    });
+    let dir = tempdir();
+    let (out, out2) = (dir.path().join("copy.bin"), dir.path().join("copy2.bin"));
+
+    let res = fetch_default(&first.url("/start?a=1"), &out, &["--token", "s3cret"]);
+    assert_fetched(&out, &res, &data);
+    let res = fetch_default(&first.url("/away"), &out2, &["--token", "s3cret"]);
+    assert_fetched(&out2, &res, &data);
+
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3, "three requests: {heads:?}");
+    let line = |h: &str| h.lines().next().unwrap_or("").to_string();
+    assert_eq!(line(&heads[0]), "GET /start?a=1 HTTP/1.1");
+    assert_eq!(line(&heads[1]), "GET /moved?b=2 HTTP/1.1", "a redirect within the origin");
+    for h in &heads {
+        assert_eq!(header(h, "authorization"), Some("Bearer s3cret"), "the origin it was given for: {h}");
+        assert_eq!(header(h, "host"), Some(first.addr.to_string().as_str()), "Host with its port: {h}");
+        assert_eq!(header(h, "connection"), Some("close"), "{h}");
+        assert_eq!(header(h, "range"), None, "nothing to resume: {h}");
+    }
+    let heads = other_seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "the redirect to another origin was followed: {heads:?}");
+    assert_eq!(line(&heads[0]), "GET /elsewhere.bin HTTP/1.1");
+    assert_eq!(header(&heads[0], "authorization"), None, "the token leaked to another origin: {}", heads[0]);
+    assert_eq!(header(&heads[0], "host"), Some(other.addr.to_string().as_str()));
+}
