@@ -87,4 +87,44 @@ mod tests {
         assert_eq!(Retry::new(0, None).next(None), None, "--retry 0");
         assert_eq!(Retry::new(9, Some(Duration::ZERO)).next(None), None, "--retry-for spent");
     }
+
+    #[test]
+    fn counts_what_it_allowed() {
+        let mut r = Retry::new(2, None);
+        assert_eq!((r.done(), r.max()), (0, 2));
+        assert!(r.next(None).is_some());
+        assert_eq!(r.done(), 1);
+        assert!(r.next(None).is_some());
+        assert_eq!(r.next(None), None);
+        assert_eq!((r.done(), r.max()), (2, 2), "a refused retry is not counted");
+    }
+
+    #[test]
+    fn the_delay_doubles_up_to_its_cap_and_the_jitter_spreads_it() {
+        let mut r = Retry::new(60, None);
+        let waits: Vec<Duration> = std::iter::from_fn(|| r.next(None)).collect();
+        assert_eq!(waits.len(), 60);
+        // From the seventh retry on (500 ms × 2^6 = 32 s), the cap: 30 s ± 25%.
+        let capped = &waits[6..];
+        for w in capped {
+            assert!(*w >= MAX_DELAY.mul_f64(0.75) && *w <= MAX_DELAY.mul_f64(1.25), "{w:?}");
+        }
+        // The jitter spans its range: over 54 draws, some fall in each outer fifth.
+        let ratio = |w: &Duration| w.as_secs_f64() / MAX_DELAY.as_secs_f64();
+        assert!(capped.iter().any(|w| ratio(w) < 0.85), "no low draw: {capped:?}");
+        assert!(capped.iter().any(|w| ratio(w) > 1.15), "no high draw: {capped:?}");
+    }
+
+    #[test]
+    fn the_servers_hint_is_bounded_and_the_deadline_holds() {
+        let mut r = Retry::new(9, None);
+        assert_eq!(r.next(Some(Duration::ZERO)), Some(Duration::from_millis(100)), "a hint of 0 is not a busy loop");
+        assert_eq!(r.next(Some(Duration::from_secs(86_400))), Some(MAX_DELAY * 10), "a day's hint is capped");
+        assert_eq!(r.next(Some(MAX_DELAY * 10)), Some(MAX_DELAY * 10));
+        // --retry-for: a wait that fits is allowed, one that would end past it is not.
+        let mut r = Retry::new(9, Some(Duration::from_secs(60)));
+        assert_eq!(r.next(Some(Duration::from_secs(5))), Some(Duration::from_secs(5)));
+        assert_eq!(r.next(Some(Duration::from_secs(120))), None, "a wait past --retry-for");
+        assert_eq!(r.done(), 1);
+    }
 }
