@@ -376,18 +376,245 @@ fn spawn_writer(rx: Receiver<Arc<Chunk>>, writer: Writer, start: u64) -> JoinHan
 
 /// Starts writeback of each completed WRITEBACK_EVERY block of the temporary file.
 fn writeback(f: &File, before: u64, len: u64) {
-    let after = before + len;
-    if before / WRITEBACK_EVERY != after / WRITEBACK_EVERY {
-        let start = (before / WRITEBACK_EVERY) * WRITEBACK_EVERY;
+    if let Some((start, len)) = writeback_range(before, len) {
         // SAFETY: plain syscall on a descriptor we own. Advisory: errors are ignored, the
         // final fsync reports any real failure.
         unsafe {
             libc::sync_file_range(
                 f.as_raw_fd(),
                 start as libc::off64_t,
-                (after - start) as libc::off64_t,
+                len as libc::off64_t,
                 libc::SYNC_FILE_RANGE_WRITE,
             );
         }
+    }
+}
+
+/// What to write back once `len` bytes were written at `before`: from the start of the
+/// block that write began in to its end, when it crossed into another block; else nothing.
+fn writeback_range(before: u64, len: u64) -> Option<(u64, u64)> {
+    let after = before + len;
+    let start = before / WRITEBACK_EVERY * WRITEBACK_EVERY;
+    (after / WRITEBACK_EVERY != before / WRITEBACK_EVERY).then_some((start, after - start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8).collect()
+    }
+
+    /// What the far end of the connection does.
+    enum Then {
+        /// Closes after sending.
+        Close,
+        /// Keeps the connection open, silent, until the receiver closes it (or this long).
+        Hold(Duration),
+    }
+
+    /// Receives what a peer sends as `parts` (pausing between them), into a temporary file
+    /// holding `prefix` already, with `leftover` as the bytes read with the head.
+    fn run(
+        framing: Framing,
+        leftover: &[u8],
+        prefix: &[u8],
+        parts: Vec<Vec<u8>>,
+        then: Then,
+        limit: Duration,
+    ) -> (Result<Received, Failure>, Vec<u8>, Vec<u64>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            for p in parts {
+                let _ = s.write_all(&p);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            match then {
+                Then::Close => {
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+                Then::Hold(d) => {
+                    let _ = s.set_read_timeout(Some(d));
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(prefix).unwrap();
+        let prefix_file = (!prefix.is_empty()).then(|| file.try_clone().unwrap());
+        let mut silence = Silence::start(&stream, limit).unwrap();
+        let job = Job {
+            stream: &stream,
+            silence: &mut silence,
+            framing,
+            leftover: leftover.to_vec(),
+            start: prefix.len() as u64,
+            prefix: prefix_file,
+            writer: Writer::Temp(file.try_clone().unwrap()),
+            sha256: true,
+        };
+        let mut seen = Vec::new();
+        let result = receive(job, &mut |n| seen.push(n));
+        drop(stream);
+        peer.join().unwrap();
+        let mut on_disk = vec![0u8; file.metadata().unwrap().len() as usize];
+        file.read_exact_at(&mut on_disk, 0).unwrap();
+        (result, on_disk, seen)
+    }
+
+    fn sha256(data: &[u8]) -> Digest {
+        let mut d = [0u8; 32];
+        d.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(data));
+        d
+    }
+
+    fn assert_received(r: Result<Received, Failure>, want: &[u8]) {
+        let r = r.unwrap_or_else(|f| panic!("failed: {f:?}"));
+        assert_eq!(r.bytes, want.len() as u64);
+        assert_eq!(r.blake3, *blake3::hash(want).as_bytes(), "blake3");
+        assert_eq!(r.sha256, Some(sha256(want)), "sha-256");
+    }
+
+    const SEC: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_length_framed_body_is_taken_exactly_across_buffers_after_the_leftover() {
+        // Over two 4 MiB buffers, a leftover first, and a peer that sends more than asked.
+        let data = bytes(BUF_SIZE * 2 + 12_345, 1);
+        let (lead, rest) = data.split_at(1000);
+        let mut extra = rest.to_vec();
+        extra.extend_from_slice(b"not part of the body");
+        let (r, disk, seen) = run(Framing::Length(data.len() as u64), lead, &[], vec![extra], Then::Close, SEC);
+        assert_received(r, &data);
+        assert!(disk == data, "the bytes on disk differ");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress went back: {seen:?}");
+        assert_eq!(seen.last(), Some(&(data.len() as u64)), "the last progress is the whole");
+    }
+
+    #[test]
+    fn a_body_ended_by_close_is_all_that_came() {
+        let data = bytes(300_001, 2);
+        let parts = vec![data[..100_000].to_vec(), data[100_000..].to_vec()];
+        let (r, disk, _) = run(Framing::Close, &[], &[], parts, Then::Close, SEC);
+        assert_received(r, &data);
+        assert!(disk == data);
+    }
+
+    #[test]
+    fn a_resumed_body_is_hashed_after_its_prefix_and_written_after_it() {
+        let data = bytes(3 << 20, 3);
+        let (prefix, rest) = data.split_at(1_234_567);
+        let (r, disk, seen) =
+            run(Framing::Length(rest.len() as u64), &[], prefix, vec![rest.to_vec()], Then::Close, SEC);
+        assert_received(r, &data);
+        assert!(disk == data, "the rest was not written after the prefix");
+        assert!(seen.iter().all(|&n| n >= prefix.len() as u64), "progress counts the prefix: {seen:?}");
+    }
+
+    #[test]
+    fn a_resumed_prefix_that_cannot_be_read_back_is_a_failure_not_a_digest() {
+        let data = bytes(1000, 4);
+        // The partial is shorter than the prefix the offer starts after.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let _ = s.write_all(&data);
+        });
+        let stream = TcpStream::connect(addr).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let mut silence = Silence::start(&stream, SEC).unwrap();
+        let job = Job {
+            stream: &stream,
+            silence: &mut silence,
+            framing: Framing::Length(1000),
+            leftover: Vec::new(),
+            start: 500,
+            prefix: Some(file.try_clone().unwrap()),
+            writer: Writer::Temp(file),
+            sha256: false,
+        };
+        let r = receive(job, &mut |_| {});
+        peer.join().unwrap();
+        assert!(matches!(r, Err(Failure::Write(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_peer_that_closes_early_is_reported_with_what_arrived() {
+        let data = bytes(50_000, 5);
+        let (r, _, _) = run(Framing::Length(80_000), &data[..10], &[], vec![data[10..].to_vec()], Then::Close, SEC);
+        assert!(matches!(r, Err(Failure::Closed(50_000))), "{r:?}");
+        // After a resumed prefix, the count is the file's.
+        let (r, _, _) = run(Framing::Length(80_000), &[], &data[..7], vec![data[7..].to_vec()], Then::Close, SEC);
+        assert!(matches!(r, Err(Failure::Closed(50_000))), "{r:?}");
+    }
+
+    #[test]
+    fn a_peer_that_goes_silent_is_reported_with_what_arrived() {
+        let data = bytes(20_000, 6);
+        let hold = Then::Hold(Duration::from_secs(3));
+        let (r, _, _) = run(Framing::Length(80_000), &[], &[], vec![data], hold, Duration::from_millis(300));
+        assert!(matches!(r, Err(Failure::Silent(20_000))), "{r:?}");
+    }
+
+    fn chunked(data: &[u8], sizes: &[usize]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let mut at = 0;
+        for &n in sizes.iter().chain(std::iter::repeat(&7777)) {
+            if at == data.len() {
+                break;
+            }
+            let n = n.min(data.len() - at);
+            wire.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            wire.extend_from_slice(&data[at..at + n]);
+            wire.extend_from_slice(b"\r\n");
+            at += n;
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        wire
+    }
+
+    #[test]
+    fn a_chunked_body_is_decoded_and_ends_at_its_last_chunk() {
+        let data = bytes(100_000, 7);
+        let mut wire = chunked(&data, &[1, 4096, 65_536]);
+        let lead = wire.drain(..50).collect::<Vec<u8>>();
+        // Held open after the last chunk: the framing, not the close, ends it.
+        let hold = Then::Hold(Duration::from_secs(20));
+        let (r, disk, _) = run(Framing::Chunked(Chunked::default()), &lead, &[], vec![wire], hold, SEC);
+        assert_received(r, &data);
+        assert!(disk == data);
+    }
+
+    #[test]
+    fn a_chunked_body_cut_or_garbled_fails() {
+        let data = bytes(10_000, 8);
+        let wire = chunked(&data, &[3000]);
+        let (r, _, _) =
+            run(Framing::Chunked(Chunked::default()), &[], &[], vec![wire[..5000].to_vec()], Then::Close, SEC);
+        assert!(matches!(r, Err(Failure::Closed(_))), "cut: {r:?}");
+        let mut bad = wire.clone();
+        bad[0] = b'z';
+        let (r, _, _) = run(Framing::Chunked(Chunked::default()), &[], &[], vec![bad], Then::Close, SEC);
+        assert!(matches!(r, Err(Failure::Garbled(0))), "garbled: {r:?}");
+    }
+
+    #[test]
+    fn writeback_starts_once_a_block_is_complete() {
+        const W: u64 = WRITEBACK_EVERY;
+        assert_eq!(writeback_range(0, 1), None);
+        assert_eq!(writeback_range(0, W - 1), None);
+        assert_eq!(writeback_range(W - 1, 1), Some((0, W)));
+        assert_eq!(writeback_range(W, 1), None);
+        assert_eq!(writeback_range(W - 10, 20), Some((0, W + 10)));
+        assert_eq!(writeback_range(3 * W + 5, W), Some((3 * W, W + 5)));
+        assert_eq!(writeback_range(5, 0), None);
     }
 }
