@@ -426,13 +426,26 @@ mod tests {
         then: Then,
         limit: Duration,
     ) -> (Result<Received, Failure>, Vec<u8>, Vec<u64>) {
+        run_paced(framing, leftover, prefix, parts, Duration::from_millis(20), then, limit)
+    }
+
+    /// `run`, with `gap` between the parts.
+    fn run_paced(
+        framing: Framing,
+        leftover: &[u8],
+        prefix: &[u8],
+        parts: Vec<Vec<u8>>,
+        gap: Duration,
+        then: Then,
+        limit: Duration,
+    ) -> (Result<Received, Failure>, Vec<u8>, Vec<u64>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let peer = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             for p in parts {
                 let _ = s.write_all(&p);
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(gap);
             }
             match then {
                 Then::Close => {
@@ -554,6 +567,123 @@ mod tests {
         // After a resumed prefix, the count is the file's.
         let (r, _, _) = run(Framing::Length(80_000), &[], &data[..7], vec![data[7..].to_vec()], Then::Close, SEC);
         assert!(matches!(r, Err(Failure::Closed(50_000))), "{r:?}");
+        // The file's count passes the body's length, but the body is short.
+        let (r, _, _) =
+            run(Framing::Length(2000), &[], &data[..1000], vec![data[1000..2500].to_vec()], Then::Close, SEC);
+        assert!(matches!(r, Err(Failure::Closed(2500))), "{r:?}");
+    }
+
+    #[test]
+    fn pauses_shorter_than_the_limit_are_waited_out_and_shown() {
+        // Each pause spans several ticks, with part of a buffer in hand.
+        let data = bytes(30_000, 9);
+        let parts: Vec<Vec<u8>> = data.chunks(10_000).map(<[u8]>::to_vec).collect();
+        let pause = Duration::from_millis(350);
+        let (r, disk, seen) =
+            run_paced(Framing::Length(30_000), &[], &[], parts, pause, Then::Close, Duration::from_secs(5));
+        assert_received(r, &data);
+        assert!(disk == data);
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress went back: {seen:?}");
+        assert!(seen.contains(&10_000) && seen.contains(&20_000), "progress during the pauses: {seen:?}");
+    }
+
+    /// Receives `data` (then a close) into `writer`.
+    fn receive_into(writer: Writer, data: Vec<u8>) -> Result<Received, Failure> {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let n = data.len() as u64;
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let _ = s.write_all(&data);
+        });
+        let stream = TcpStream::connect(addr).unwrap();
+        let mut silence = Silence::start(&stream, SEC).unwrap();
+        let job = Job {
+            stream: &stream,
+            silence: &mut silence,
+            framing: Framing::Length(n),
+            leftover: Vec::new(),
+            start: 0,
+            prefix: None,
+            writer,
+            sha256: false,
+        };
+        let r = receive(job, &mut |_| {});
+        peer.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn a_stream_whose_reader_left_is_told_apart_from_a_failed_write() {
+        let mut fds = [0; 2];
+        // SAFETY: a fresh pipe; both ends are owned below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: each descriptor is owned once.
+        let (read_end, write_end) = unsafe {
+            use std::os::fd::FromRawFd;
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+        };
+        drop(read_end);
+        let r = receive_into(Writer::Stream(write_end), bytes(100_000, 10));
+        assert!(matches!(r, Err(Failure::ReaderGone)), "{r:?}");
+        // Any other failure to write is one.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        let read_only = File::open(dir.path().join("f")).unwrap();
+        let r = receive_into(Writer::Stream(read_only), bytes(100_000, 11));
+        assert!(matches!(&r, Err(Failure::Write(e)) if e.kind() != io::ErrorKind::BrokenPipe), "{r:?}");
+    }
+
+    extern "C" fn nothing(_: libc::c_int) {}
+
+    #[test]
+    fn a_signal_during_a_receive_is_not_a_lost_connection() {
+        // A handled signal interrupts a receive that has a timeout (EINTR, SA_RESTART or
+        // not: see signal(7)); a terminal's SIGWINCH is the everyday case.
+        // SAFETY: installs a handler that does nothing, for a signal nothing else uses.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = nothing as extern "C" fn(libc::c_int) as usize;
+            assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
+        }
+        let data = bytes(40_000, 12);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let receiver = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
+            let stream = TcpStream::connect(addr).unwrap();
+            let mut silence = Silence::start(&stream, SEC).unwrap();
+            let file = tempfile::tempfile().unwrap();
+            let job = Job {
+                stream: &stream,
+                silence: &mut silence,
+                framing: Framing::Length(40_000),
+                leftover: Vec::new(),
+                start: 0,
+                prefix: None,
+                writer: Writer::Temp(file),
+                sha256: true,
+            };
+            receive(job, &mut |_| {})
+        });
+        let thread = rx.recv().unwrap() as libc::pthread_t;
+        let (mut s, _) = l.accept().unwrap();
+        for part in data.chunks(10_000) {
+            // Signals land while the receiver waits inside recv.
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_millis(30));
+                // A finished thread's id may be another test's by now.
+                if receiver.is_finished() {
+                    break;
+                }
+                // SAFETY: the thread is alive (not joined, not finished) here.
+                unsafe { libc::pthread_kill(thread, libc::SIGUSR2) };
+            }
+            s.write_all(part).unwrap();
+        }
+        assert_received(receiver.join().unwrap(), &data);
     }
 
     #[test]

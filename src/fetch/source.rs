@@ -91,4 +91,15 @@ mod tests {
             assert!(Source::parse(bad.trim_end_matches(" --port"), port).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn errors_name_what_was_given_made_printable() {
+        let text = |arg: &str| Source::parse(arg, None).unwrap_err().to_string();
+        assert_eq!(text("http://[::1/x"), "bad URL `http://[::1/x`: invalid IPv6 address");
+        assert_eq!(
+            text("ftp\x1b[2J://h/x"),
+            "unknown scheme `ftp\\x1b[2J`: give HOST[:PORT] for an xfer server or an http:// URL"
+        );
+        assert!(text("[::1").starts_with("bad address `[::1`: "), "{}", text("[::1"));
+    }
 }
