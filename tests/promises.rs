@@ -292,6 +292,80 @@ fn quiet_server_logs_no_transfer_lines_but_keeps_its_banner() {
 }
 
 // ---------------------------------------------------------------------------------------
+// README, fetch: "`--quiet`: no progress bar, summary or retry lines", even on a terminal.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn quiet_fetch_on_a_terminal_shows_no_bar_summary_or_retry_line() {
+    let data = random_bytes(40_000, 2061);
+    let digest = *blake3::hash(&data).as_bytes();
+    let dir = tempdir();
+    for quiet in [false, true] {
+        // Busy once, then the body at 1 kB per 20 ms: a retry line, then about 0.8 s of bar.
+        let body = data.clone();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let script = std::thread::spawn(move || {
+            for n in 0..2 {
+                let Ok((mut s, _)) = server.accept() else { return };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut req = [0u8; encoding::xfer::REQUEST_LEN];
+                let _ = std::io::Read::read_exact(&mut s, &mut req);
+                if n == 0 {
+                    let mut wire = [0u8; encoding::xfer::HEADER_LEN + encoding::xfer::MAX_REASON];
+                    let k = encoding::xfer::encode_refusal(Status::Busy, "full", &mut wire);
+                    let _ = s.write_all(&wire[..k]);
+                    continue;
+                }
+                let _ = s.write_all(&encoding::xfer::encode_ok(body.len() as u64, &digest));
+                for chunk in body.chunks(1000) {
+                    if s.write_all(chunk).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        let out = dir.path().join(format!("out-{quiet}.bin"));
+        let mut pty = crate::util::pty::Pty::open();
+        let mut cmd = fetch_default_command(&addr.to_string(), &out, if quiet { &["--quiet"] } else { &[] });
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(pty.slave()).spawn().unwrap();
+        pty.release();
+        let end = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < end, "quiet {quiet}: fetch did not finish");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        script.join().unwrap();
+        assert!(status.success(), "quiet {quiet}: fetch failed: {}", pty.text());
+        assert!(std::fs::read(&out).unwrap() == data, "quiet {quiet}: not an exact copy");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2, "quiet {quiet}: busy, then the file");
+        // The terminal has shown everything once the pty's reader has drained it.
+        let shown = if quiet {
+            std::thread::sleep(Duration::from_millis(300));
+            pty.text()
+        } else {
+            assert!(pty.wait_for(10, |t| t.contains("fetched ")), "no summary:\n{}", pty.text());
+            pty.text()
+        };
+        if quiet {
+            assert_eq!(shown, "", "--quiet showed something on the terminal");
+        } else {
+            assert!(
+                shown.contains(" eta ") && shown.contains("retrying in"),
+                "bar and retry line expected:\n{shown:?}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // README: "`--drain-timeout SECS`: on exit, how long in-flight transfers may take to
 // finish"; SIGTERM "stops accepting, drains within the deadline, and exits 0".
 // ---------------------------------------------------------------------------------------
