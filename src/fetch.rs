@@ -116,6 +116,9 @@ pub enum FetchError {
     Refused { target: String, status: Status, reason: String, retry_after: Option<Duration> },
     #[error("{target} answered {status} {reason}")]
     Http { target: String, status: u16, reason: String, retry_after: Option<Duration> },
+    /// An HTTP answer that cannot be used: a malformed head, endless redirects.
+    #[error("{target}: {why}")]
+    BadHttp { target: String, why: String },
     /// The server did not prove it knows the token (or what it proved was altered).
     #[error("{target}: {why}")]
     Unauthenticated { target: String, why: &'static str },
@@ -187,6 +190,7 @@ impl FetchError {
                 _ => exit::PROTOCOL,
             },
             FetchError::Protocol { .. }
+            | FetchError::BadHttp { .. }
             | FetchError::Unauthenticated { .. }
             | FetchError::Mismatch(..)
             | FetchError::Size { .. }
@@ -592,6 +596,7 @@ mod tests {
             (FetchError::Lost { got: 1, expected: Some(2), cause: "c".into() }, exit::NETWORK),
             (FetchError::Unauthenticated { target: "h".into(), why: "w" }, exit::PROTOCOL),
             (FetchError::Protocol { target: "h".into(), source: DecodeError::BadMagic }, exit::PROTOCOL),
+            (FetchError::BadHttp { target: "h".into(), why: "w".into() }, exit::PROTOCOL),
             (mismatch(), exit::PROTOCOL),
             (FetchError::Size { got: 1, expected: 2 }, exit::PROTOCOL),
             (FetchError::BadPrefix, exit::PROTOCOL),

@@ -79,12 +79,7 @@ pub fn ask(url: &url::Url, opts: &Options, resume: Option<Resume<'_>>) -> Result
             _ => return Err(http_error(&offer.peer, &head)),
         }
     }
-    Err(FetchError::Http {
-        target: url.to_string(),
-        status: 0,
-        reason: format!("more than {MAX_REDIRECTS} redirects"),
-        retry_after: None,
-    })
+    Err(FetchError::BadHttp { target: url.to_string(), why: format!("more than {MAX_REDIRECTS} redirects") })
 }
 
 /// The error a status that brings no file means (see `FetchError::exit_code`).
@@ -151,7 +146,7 @@ fn exchange(
             Ok(Decoded::Done(head, used)) => break (head, used),
             Ok(Decoded::NeedMore(_)) => {}
             Err(e) => {
-                return Err(FetchError::Http { target: peer, status: 0, reason: e.to_string(), retry_after: None });
+                return Err(FetchError::BadHttp { target: peer, why: e.to_string() });
             }
         }
         if have == buf.len() {

@@ -457,3 +457,55 @@ fn the_token_goes_to_its_own_origin_only_and_redirects_keep_the_query() {
     assert_eq!(header(&heads[0], "authorization"), None, "the token leaked to another origin: {}", heads[0]);
     assert_eq!(header(&heads[0], "host"), Some(other.addr.to_string().as_str()));
 }
+
+#[test]
+fn response_heads_up_to_the_limit_are_read_and_longer_ones_refused() {
+    let data = random_bytes(50_000, 20_015);
+    // 100 fields of 400 bytes (the read buffer starts at 16 KiB), then of 700: over 64 KiB.
+    let (body, filler) = (data.clone(), |n: usize| (0..100).map(move |i| format!("X-Filler-{i}: {}", "f".repeat(n))));
+    let server = Scripted::start(2, move |n, mut s| {
+        read_http_head(&mut s);
+        let mut h: Vec<String> = filler(if n == 0 { 400 } else { 700 }).collect();
+        h.push(format!("Content-Length: {}", body.len()));
+        send_and_close(s, &http_response("200 OK", &h, &body));
+    });
+    let dir = tempdir();
+    let out = dir.path().join("copy.bin");
+    let res = fetch(&server.url("/data.bin"), &out, &[]);
+    assert_fetched(&out, &res, &data);
+    let out2 = dir.path().join("copy2.bin");
+    let res = fetch(&server.url("/data.bin"), &out2, &[]);
+    assert_failed(&res, &[4], "a response head over 64 KiB");
+    let line = &error_lines(&res)[0];
+    assert!(line.ends_with(": HTTP response head over 64 KiB"), "the error must say why: {}", describe(&res));
+    assert_eq!(dir_names(dir.path()), vec!["copy.bin"]);
+}
+
+#[test]
+fn a_range_not_asked_for_and_a_416_without_a_partial_are_errors_of_their_own() {
+    let data = random_bytes(200, 20_016);
+    let seen = Seen::default();
+    let (body, log) = (data.clone(), seen.clone());
+    let server = Scripted::start(2, move |n, mut s| {
+        log.lock().unwrap().push(read_http_head(&mut s));
+        let reply = if n == 0 {
+            // Part of the file, to a request for all of it.
+            let h = ["Content-Range: bytes 100-199/200".to_string(), "Content-Length: 100".into()];
+            http_response("206 Partial Content", &h, &body[100..])
+        } else {
+            let h = ["Content-Range: bytes */200".to_string(), "Content-Length: 0".into()];
+            http_response("416 Range Not Satisfiable", &h, b"")
+        };
+        send_and_close(s, &reply);
+    });
+    let dir = tempdir();
+    let out = dir.path().join("copy.bin");
+    let res = fetch(&server.url("/data.bin"), &out, &[]);
+    assert_failed(&res, &[4], "a 206 to a request without Range");
+    assert!(error_lines(&res)[0].contains("a range that was not asked for"), "{}", describe(&res));
+    let res = fetch(&server.url("/data.bin"), &out, &[]);
+    assert_failed(&res, &[4], "a 416 to a request without Range");
+    assert!(error_lines(&res)[0].contains("416"), "the server's answer, not a partial's fault: {}", describe(&res));
+    assert_eq!(seen.lock().unwrap().len(), 2, "one request each");
+    assert!(dir_names(dir.path()).is_empty(), "left {:?}", dir_names(dir.path()));
+}
