@@ -533,3 +533,26 @@ fn fake_server_resetting_before_its_header_is_a_lost_connection_not_a_timeout() 
     assert!(!err.contains("timed out") && err.contains("reset"), "a reset must be told as one:\n{err}");
     assert_nothing_left(dir.path(), &out, None, "reset before the header");
 }
+
+#[test]
+fn a_refused_connection_names_the_address_tried_with_its_port() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempdir();
+    let out = dir.path().join("out.bin");
+    let addrs: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port)).map(Iterator::collect).unwrap_or_default();
+    // One address: that address; several: the name, each with the port.
+    let tried = match addrs.as_slice() {
+        [one] => one.to_string(),
+        _ => format!("localhost:{port}"),
+    };
+    let (port_arg, with_port) = (port.to_string(), format!("localhost:{port}"));
+    for (target, extra) in [("localhost", &["--port", port_arg.as_str()][..]), (with_port.as_str(), &[][..])] {
+        let res = fetch(target, &out, extra);
+        assert_failed(&res, &[3], "connection refused");
+        let line = &error_lines(&res)[0];
+        assert!(line.starts_with(&format!("xfer: fetch: cannot connect to {tried}: ")), "{target}: {line}");
+    }
+    assert_nothing_left(dir.path(), &out, None, "connection refused");
+}

@@ -171,9 +171,9 @@ fn exchange(
     } else {
         Framing::Close
     };
+    // A 206 without Content-Range is refused by `ask`: its size does not matter.
     let size = match (head.status, head.content_range) {
         (206, Some((_, _, total))) => total,
-        (206, None) => None,
         _ if head.chunked => None,
         _ => head.content_length,
     };

@@ -180,9 +180,10 @@ pub(super) fn connect(target: &Target, port: u16, timeout: Duration) -> Result<(
             Err(e) => last = e,
         }
     }
+    // The address tried, or the name (with the port) when there were several.
     let shown = match addrs.as_slice() {
         [one] => one.to_string(),
-        _ => target.to_string(),
+        _ => Target { host: target.host.clone(), port: Some(target.port.unwrap_or(port)) }.to_string(),
     };
     Err(FetchError::Connect { target: shown, source: last })
 }

@@ -298,6 +298,8 @@ fn a_server_that_ignores_range_is_fetched_again_from_zero_exactly() {
     assert_failed(&first, &[3], "a body cut short");
     let kept = len_of(&partial_of(&out).0);
     assert_eq!(kept, data.len() as u64 * 6 / 10, "the partial holds what arrived");
+    let lost = format!("connection lost after {kept} of {} bytes", data.len());
+    assert!(error_lines(&first)[0].contains(&lost), "Content-Length is the size: {}", describe(&first));
     let res = fetch_default(&url, &out, &["--retry", "0"]);
     assert_fetched(&out, &res, &data);
     assert!(!summary(&res).contains("resuming"), "a 200 answer to a range restarts from zero: {}", summary(&res));
