@@ -367,6 +367,9 @@ fn attempt(source: &Source, plan: &Plan, opts: &Options, started: Instant, fresh
             t.discard()?;
         }
         if offer.start > 0 {
+            // The first connection goes before the second is made: a server with one
+            // slot free must not find it taken by us.
+            drop(offer);
             offer = ask(source, opts, None)?;
         }
     }
@@ -382,6 +385,7 @@ fn attempt(source: &Source, plan: &Plan, opts: &Options, started: Instant, fresh
             out = Some(Output::prepare(&target, resume)?);
             if offer.start > 0 {
                 // The bytes offered continue a partial of another name: ask from zero.
+                drop(offer);
                 offer = ask(source, opts, None)?;
             }
         }
@@ -490,10 +494,11 @@ fn attempt(source: &Source, plan: &Plan, opts: &Options, started: Instant, fresh
                 verify::hex(&got.blake3)
             )
         } else {
-            // A digest both the server and --expect gave is one check, said once.
+            // A digest both the server and --expect gave is one check, said once. (Two
+            // checks of one algorithm that both passed name the same digest.)
             let mut list: Vec<(verify::Algorithm, Digest, bool)> = Vec::new();
             for w in &checked {
-                match list.iter_mut().find(|(a, d, _)| *a == w.algorithm && *d == w.digest) {
+                match list.iter_mut().find(|(a, _, _)| *a == w.algorithm) {
                     Some(seen) => seen.2 |= w.pinned,
                     None => list.push((w.algorithm, w.digest, w.pinned)),
                 }

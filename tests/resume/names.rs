@@ -168,6 +168,44 @@ fn a_directory_output_saves_under_the_servers_name_and_resumes() {
 }
 
 #[test]
+fn a_partial_whose_file_the_server_renamed_is_not_continued_under_the_new_name() {
+    let data = random_bytes(200_000, 30_005);
+    let cut = 120_000u64;
+    let offsets = Arc::new(Mutex::new(Vec::new()));
+    let (body, asked) = (data.clone(), offsets.clone());
+    // The same bytes, named a.bin in the first answer (cut short) and b.bin after.
+    let server = Scripted::start(3, move |n, mut s| {
+        let mut req = [0u8; wire::REQUEST_LEN];
+        if s.read_exact(&mut req).is_err() {
+            return;
+        }
+        let Ok(encoding::Decoded::Done(r, _)) = wire::decode_request(&req) else { return };
+        asked.lock().unwrap().push(r.offset);
+        let name: &[u8] = if n == 0 { b"a.bin" } else { b"b.bin" };
+        let mut head = [0u8; wire::MAX_RESPONSE_HEAD];
+        let k = wire::encode_ok_in(wire::VERSION, body.len() as u64, &digest(&body), name, None, &mut head);
+        let end = if n == 0 { cut as usize } else { body.len() };
+        let mut reply = head[..k].to_vec();
+        reply.extend_from_slice(&body[(r.offset as usize).min(end)..end]);
+        send_and_close(s, &reply);
+    });
+    let dir = tempdir();
+    let outdir = fresh(dir.path(), 0);
+    let res = fetch_default(&server.target(), &outdir, &["--retry", "0"]);
+    assert_failed(&res, &[3], "the first answer cut short");
+    assert_eq!(len_of(&partial_of(&outdir.join("a.bin")).0), cut, "a.bin's partial kept");
+
+    // The same command: the partial's offset is asked for, the server names another file,
+    // and that file is asked for from zero: never a.bin's bytes continued under b.bin.
+    let res = fetch_default(&server.target(), &outdir, &["--retry", "0"]);
+    assert_fetched(&outdir.join("b.bin"), &res, &data);
+    assert_eq!(*offsets.lock().unwrap(), vec![0, cut, 0], "the offsets asked for");
+    assert!(!summary(&res).contains("resuming"), "summary: {}", summary(&res));
+    // Asked again at once, not caught later as a prefix that did not match.
+    assert!(!stderr_of(&res).contains("did not match"), "{}", describe(&res));
+}
+
+#[test]
 fn no_output_saves_into_the_current_directory() {
     let dir = tempdir();
     let data = random_bytes(300_007, 30_004);
