@@ -149,8 +149,9 @@ fn exchange(
                 return Err(FetchError::BadHttp { target: peer, why: e.to_string() });
             }
         }
+        // Full: grow, up to the limit (a full buffer of that size is a head too large).
         if have == buf.len() {
-            buf.resize((buf.len() * 2).min(wire::MAX_RESPONSE_HEAD + 1), 0);
+            buf.resize((buf.len() * 2).min(wire::MAX_RESPONSE_HEAD), 0);
         }
         have += recv_head(&mut silence, &stream, &mut buf[have..], have, "bytes of the response head", &peer, opts)?;
     };
