@@ -556,3 +556,23 @@ fn a_refused_connection_names_the_address_tried_with_its_port() {
     }
     assert_nothing_left(dir.path(), &out, None, "connection refused");
 }
+
+#[test]
+fn a_server_closing_before_or_inside_its_header_says_which() {
+    let dir = tempdir();
+    let out = dir.path().join("out.bin");
+    // Nothing at all, then the first 10 bytes of a header.
+    let silent = Fake::reply_then_drain(Vec::new());
+    let res = fetch(&silent.target(), &out, &[]);
+    assert_failed(&res, &[3], "closed without answering");
+    silent.assert_request_ok();
+    let line = &error_lines(&res)[0];
+    assert!(line.ends_with(" closed the connection without answering"), "{line}");
+    let header = encoding::xfer::encode_ok(5, &[0; 32]);
+    let short = Fake::reply_then_drain(header[..10].to_vec());
+    let res = fetch(&short.target(), &out, &[]);
+    assert_failed(&res, &[3], "closed inside the header");
+    let line = &error_lines(&res)[0];
+    assert!(line.ends_with(" closed the connection after 10 header bytes"), "{line}");
+    assert_nothing_left(dir.path(), &out, None, "closed before the body");
+}
