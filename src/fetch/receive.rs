@@ -414,6 +414,8 @@ mod tests {
         Close,
         /// Keeps the connection open, silent, until the receiver closes it (or this long).
         Hold(Duration),
+        /// Resets the connection (RST) once the receiver has shown all it was sent.
+        Reset,
     }
 
     /// Receives what a peer sends as `parts` (pausing between them), into a temporary file
@@ -441,6 +443,8 @@ mod tests {
     ) -> (Result<Received, Failure>, Vec<u8>, Vec<u64>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
+        let total = (prefix.len() + leftover.len() + parts.iter().map(Vec::len).sum::<usize>()) as u64;
+        let (shown_tx, shown) = std::sync::mpsc::channel::<u64>();
         let peer = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             for p in parts {
@@ -455,6 +459,27 @@ mod tests {
                 Then::Hold(d) => {
                     let _ = s.set_read_timeout(Some(d));
                     let _ = s.read_to_end(&mut Vec::new());
+                }
+                Then::Reset => {
+                    // A reset may discard what the receiver has not read yet: wait until
+                    // it has shown all of it (10 s at most).
+                    let end = Instant::now() + SEC;
+                    while let Ok(n) = shown.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                        if n >= total {
+                            break;
+                        }
+                    }
+                    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                    // SAFETY: a valid option value for this descriptor, which is open.
+                    unsafe {
+                        libc::setsockopt(
+                            s.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&raw const linger).cast(),
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        );
+                    }
                 }
             }
         });
@@ -474,7 +499,10 @@ mod tests {
             sha256: true,
         };
         let mut seen = Vec::new();
-        let result = receive(job, &mut |n| seen.push(n));
+        let result = receive(job, &mut |n| {
+            seen.push(n);
+            let _ = shown_tx.send(n);
+        });
         drop(stream);
         peer.join().unwrap();
         let mut on_disk = vec![0u8; file.metadata().unwrap().len() as usize];
@@ -685,6 +713,13 @@ mod tests {
             s.write_all(part).unwrap();
         }
         assert_received(receiver.join().unwrap(), &data);
+    }
+
+    #[test]
+    fn a_reset_is_a_lost_connection_with_what_arrived_not_silence() {
+        let data = bytes(20_000, 13);
+        let (r, _, _) = run(Framing::Length(80_000), &data[..100], &[], vec![data[100..].to_vec()], Then::Reset, SEC);
+        assert!(matches!(&r, Err(Failure::Lost(20_000, e)) if e.kind() == io::ErrorKind::ConnectionReset), "{r:?}");
     }
 
     #[test]
