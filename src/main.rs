@@ -28,7 +28,7 @@ Exit codes:
   5    local file: input missing, unreadable or not a regular file; bad output path; disk
        full; the output locked by another fetch
   6    refused by the server: not allowed, bad token, busy, paused, unsupported version;
-       HTTP 401, 403, 429
+       HTTP 401, 403, 407, 429
   129  fetch: interrupted by SIGHUP (the terminal closed)
   130  fetch: interrupted by Ctrl+C (SIGINT); serve: a second Ctrl+C or signal while draining
   143  fetch: interrupted by SIGTERM
