@@ -2,7 +2,7 @@
 //! failed on the code before the fix; the name says which item it guards.
 
 use crate::util::fake::Fake;
-use crate::util::pty::Pty;
+use crate::util::pty::{Pty, run_with_stderr_on_pty};
 use crate::util::raw::{raw_fetch, request};
 use crate::util::*;
 
@@ -252,25 +252,9 @@ fn item07_progress_moves_at_least_every_200ms_on_a_slow_link() {
     });
     let dir = tempdir();
     let out = dir.path().join("out.bin");
-    let mut pty = Pty::open();
-    let mut child = Command::new(bin())
-        .arg("fetch")
-        .arg(fake.target())
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(pty.slave())
-        .spawn()
-        .unwrap();
-    pty.release();
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < end, "fetch did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut cmd = Command::new(bin());
+    cmd.arg("fetch").arg(fake.target()).arg(&out);
+    let (status, pty) = run_with_stderr_on_pty(&mut cmd, 30);
     assert!(status.success(), "fetch failed: {}", pty.text());
     assert!(std::fs::read(&out).unwrap() == data);
     std::thread::sleep(Duration::from_millis(100));

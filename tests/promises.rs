@@ -330,18 +330,8 @@ fn quiet_fetch_on_a_terminal_shows_no_bar_summary_or_retry_line() {
             }
         });
         let out = dir.path().join(format!("out-{quiet}.bin"));
-        let mut pty = crate::util::pty::Pty::open();
         let mut cmd = fetch_default_command(&addr.to_string(), &out, if quiet { &["--quiet"] } else { &[] });
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(pty.slave()).spawn().unwrap();
-        pty.release();
-        let end = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(Instant::now() < end, "quiet {quiet}: fetch did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (status, pty) = crate::util::pty::run_with_stderr_on_pty(&mut cmd, 30);
         script.join().unwrap();
         assert!(status.success(), "quiet {quiet}: fetch failed: {}", pty.text());
         assert!(std::fs::read(&out).unwrap() == data, "quiet {quiet}: not an exact copy");

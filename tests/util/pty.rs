@@ -6,8 +6,8 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use super::{Collected, wait_until};
 
@@ -84,5 +84,25 @@ impl Pty {
     pub fn type_text(&mut self, text: &str) {
         self.master.write_all(text.as_bytes()).expect("write to pty master");
         self.master.flush().expect("flush pty master");
+    }
+}
+
+/// Runs `cmd` with its stderr on a new pseudo-terminal (stdin and stdout null) until it
+/// exits, `secs` at most: how it exited, and the terminal, to read what it showed.
+pub fn run_with_stderr_on_pty(cmd: &mut Command, secs: u64) -> (ExitStatus, Pty) {
+    let mut pty = Pty::open();
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(pty.slave()).spawn().unwrap();
+    pty.release();
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, pty);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish in {secs} s; the terminal showed:\n{}", pty.text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
