@@ -1,7 +1,7 @@
 //! One test per defect found trying xfer as a new user would (issue 8, items 1-19). Each
 //! failed on the code before the fix; the name says which item it guards.
 
-use crate::util::fake::Fake;
+use crate::util::fake::{Fake, send_slowly};
 use crate::util::pty::{Pty, run_with_stderr_on_pty};
 use crate::util::raw::{raw_fetch, request};
 use crate::util::*;
@@ -239,17 +239,8 @@ fn item06_timeout_is_the_longest_silence_after_the_last_byte() {
 fn item07_progress_moves_at_least_every_200ms_on_a_slow_link() {
     // 60 kB at 1 kB per 20 ms: about 1.2 s, all of it in one receive buffer.
     let data = random_bytes(60_000, 7);
-    let digest = *blake3::hash(&data).as_bytes();
     let body = data.clone();
-    let fake = Fake::start(move |mut s, _| {
-        let _ = s.write_all(&encode_ok(body.len() as u64, &digest));
-        for chunk in body.chunks(1000) {
-            if s.write_all(chunk).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
+    let fake = Fake::start(move |mut s, _| send_slowly(&mut s, &body));
     let dir = tempdir();
     let out = dir.path().join("out.bin");
     let mut cmd = Command::new(bin());
@@ -257,7 +248,6 @@ fn item07_progress_moves_at_least_every_200ms_on_a_slow_link() {
     let (status, pty) = run_with_stderr_on_pty(&mut cmd, 30);
     assert!(status.success(), "fetch failed: {}", pty.text());
     assert!(std::fs::read(&out).unwrap() == data);
-    std::thread::sleep(Duration::from_millis(100));
     let shown = pty.text();
     // Each redraw of the bar prints its template, which holds " eta ".
     let redraws = shown.matches(" eta ").count();

@@ -4,10 +4,14 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::util::encoding::xfer::{Response, Status};
+use crate::util::fake::{Scripted, send_slowly};
 use crate::util::proxy::{Action, Plan, Proxy};
+use crate::util::pty::run_with_stderr_on_pty;
 use crate::util::raw::{self, expect_refusal, port, request, request_header, stalled_client};
 use crate::util::*;
 
@@ -298,58 +302,37 @@ fn quiet_server_logs_no_transfer_lines_but_keeps_its_banner() {
 #[test]
 fn quiet_fetch_on_a_terminal_shows_no_bar_summary_or_retry_line() {
     let data = random_bytes(40_000, 2061);
-    let digest = *blake3::hash(&data).as_bytes();
     let dir = tempdir();
     for quiet in [false, true] {
-        // Busy once, then the body at 1 kB per 20 ms: a retry line, then about 0.8 s of bar.
+        // Busy once, then the body on a slow link: a retry line, then about 0.8 s of bar.
         let body = data.clone();
-        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
         let count = seen.clone();
-        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = server.local_addr().unwrap();
-        let script = std::thread::spawn(move || {
-            for n in 0..2 {
-                let Ok((mut s, _)) = server.accept() else { return };
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut req = [0u8; encoding::xfer::REQUEST_LEN];
-                let _ = std::io::Read::read_exact(&mut s, &mut req);
-                if n == 0 {
-                    let mut wire = [0u8; encoding::xfer::HEADER_LEN + encoding::xfer::MAX_REASON];
-                    let k = encoding::xfer::encode_refusal(Status::Busy, "full", &mut wire);
-                    let _ = s.write_all(&wire[..k]);
-                    continue;
-                }
-                let _ = s.write_all(&encoding::xfer::encode_ok(body.len() as u64, &digest));
-                for chunk in body.chunks(1000) {
-                    if s.write_all(chunk).is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+        let server = Scripted::start(2, move |n, mut s| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut req = [0u8; encoding::xfer::REQUEST_LEN];
+            let _ = std::io::Read::read_exact(&mut s, &mut req);
+            if n == 0 {
+                let mut wire = [0u8; encoding::xfer::HEADER_LEN + encoding::xfer::MAX_REASON];
+                let k = encoding::xfer::encode_refusal(Status::Busy, "full", &mut wire);
+                let _ = s.write_all(&wire[..k]);
+            } else {
+                send_slowly(&mut s, &body);
             }
         });
         let out = dir.path().join(format!("out-{quiet}.bin"));
-        let mut cmd = fetch_default_command(&addr.to_string(), &out, if quiet { &["--quiet"] } else { &[] });
-        let (status, pty) = crate::util::pty::run_with_stderr_on_pty(&mut cmd, 30);
-        script.join().unwrap();
+        let mut cmd = fetch_default_command(&server.target(), &out, if quiet { &["--quiet"] } else { &[] });
+        let (status, pty) = run_with_stderr_on_pty(&mut cmd, 30);
         assert!(status.success(), "quiet {quiet}: fetch failed: {}", pty.text());
         assert!(std::fs::read(&out).unwrap() == data, "quiet {quiet}: not an exact copy");
-        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2, "quiet {quiet}: busy, then the file");
-        // The terminal has shown everything once the pty's reader has drained it.
-        let shown = if quiet {
-            std::thread::sleep(Duration::from_millis(300));
-            pty.text()
-        } else {
-            assert!(pty.wait_for(10, |t| t.contains("fetched ")), "no summary:\n{}", pty.text());
-            pty.text()
-        };
+        assert_eq!(seen.load(Ordering::SeqCst), 2, "quiet {quiet}: busy, then the file");
+        let shown = pty.text();
         if quiet {
             assert_eq!(shown, "", "--quiet showed something on the terminal");
         } else {
             assert!(
-                shown.contains(" eta ") && shown.contains("retrying in"),
-                "bar and retry line expected:\n{shown:?}"
+                shown.contains(" eta ") && shown.contains("retrying in") && shown.contains("fetched "),
+                "bar, retry line and summary expected:\n{shown:?}"
             );
         }
     }

@@ -22,11 +22,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::util::fake::Scripted;
 use crate::util::proxy::{Action, Plan, Proxy};
 use crate::util::*;
 
@@ -273,59 +272,6 @@ impl Drop for Nginx {
 
 /// What a scripted server's connections saw (request heads, versions …), in order.
 pub type Seen = Arc<Mutex<Vec<String>>>;
-
-/// A loopback server that hands each of its first `max` connections, one at a time, to a
-/// script. It stops accepting after `max` connections, after 60 s, or when dropped.
-pub struct Scripted {
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Scripted {
-    /// `act(index, stream)` runs for each connection (read and write timeouts of 10 s).
-    pub fn start(max: usize, mut act: impl FnMut(usize, TcpStream) + Send + 'static) -> Scripted {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind scripted server");
-        l.set_nonblocking(true).expect("nonblocking listener");
-        let addr = l.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let halt = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let born = Instant::now();
-            let mut n = 0;
-            while n < max && !halt.load(Ordering::SeqCst) && born.elapsed() < Duration::from_secs(60) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                        let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-                        act(n, s);
-                        n += 1;
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Scripted { addr, stop, thread: Some(thread) }
-    }
-
-    pub fn target(&self) -> String {
-        self.addr.to_string()
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// Reads an HTTP request head (up to the blank line; 64 KiB at most).
 pub fn read_http_head(s: &mut TcpStream) -> String {

@@ -88,14 +88,17 @@ impl Pty {
 }
 
 /// Runs `cmd` with its stderr on a new pseudo-terminal (stdin and stdout null) until it
-/// exits, `secs` at most: how it exited, and the terminal, to read what it showed.
+/// exits, `secs` at most: how it exited, and the terminal, holding all it showed.
 pub fn run_with_stderr_on_pty(cmd: &mut Command, secs: u64) -> (ExitStatus, Pty) {
     let mut pty = Pty::open();
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(pty.slave()).spawn().unwrap();
+    // The command's copy of the terminal goes too, so the master reads EOF at the exit.
+    cmd.stderr(Stdio::null());
     pty.release();
     let end = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
+            assert!(pty.shown().wait_eof(Duration::from_secs(10)), "the terminal was never closed");
             return (status, pty);
         }
         if Instant::now() >= end {
