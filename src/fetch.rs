@@ -325,6 +325,13 @@ fn ask(source: &Source, opts: &Options, point: Option<&(u64, Record)>) -> Result
     }
 }
 
+/// Asks again, from zero, in place of `previous`, whose connection goes first: a server
+/// with one slot free must not find it taken by us.
+fn ask_from_zero(source: &Source, opts: &Options, previous: Offer) -> Result<Offer, FetchError> {
+    drop(previous);
+    ask(source, opts, None)
+}
+
 /// One attempt: the output, the kept prefix, the offer, the body, the check, the commit.
 fn attempt(source: &Source, plan: &Plan, opts: &Options, started: Instant, fresh: bool) -> Result<Summary, FetchError> {
     let key = source.key();
@@ -367,10 +374,7 @@ fn attempt(source: &Source, plan: &Plan, opts: &Options, started: Instant, fresh
             t.discard()?;
         }
         if offer.start > 0 {
-            // The first connection goes before the second is made: a server with one
-            // slot free must not find it taken by us.
-            drop(offer);
-            offer = ask(source, opts, None)?;
+            offer = ask_from_zero(source, opts, offer)?;
         }
     }
 
@@ -385,8 +389,7 @@ fn attempt(source: &Source, plan: &Plan, opts: &Options, started: Instant, fresh
             out = Some(Output::prepare(&target, resume)?);
             if offer.start > 0 {
                 // The bytes offered continue a partial of another name: ask from zero.
-                drop(offer);
-                offer = ask(source, opts, None)?;
+                offer = ask_from_zero(source, opts, offer)?;
             }
         }
     }
@@ -496,17 +499,18 @@ fn attempt(source: &Source, plan: &Plan, opts: &Options, started: Instant, fresh
         } else {
             // A digest both the server and --expect gave is one check, said once. (Two
             // checks of one algorithm that both passed name the same digest.)
-            let mut list: Vec<(verify::Algorithm, Digest, bool)> = Vec::new();
+            let mut list: Vec<Want> = Vec::new();
             for w in &checked {
-                match list.iter_mut().find(|(a, _, _)| *a == w.algorithm) {
-                    Some(seen) => seen.2 |= w.pinned,
-                    None => list.push((w.algorithm, w.digest, w.pinned)),
+                match list.iter_mut().find(|seen| seen.algorithm == w.algorithm) {
+                    Some(seen) => seen.pinned |= w.pinned,
+                    None => list.push(*w),
                 }
             }
             let shown: Vec<String> = list
                 .iter()
-                .map(|(a, d, pinned)| {
-                    format!("{} {}{}", a.name(), verify::hex(d), if *pinned { " (--expect)" } else { "" })
+                .map(|w| {
+                    let pinned = if w.pinned { " (--expect)" } else { "" };
+                    format!("{} {}{pinned}", w.algorithm.name(), verify::hex(&w.digest))
                 })
                 .collect();
             format!("verified {}", shown.join(" and "))
